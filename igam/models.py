@@ -1,0 +1,283 @@
+"""The networks of IGAM: the Madry WideResNet, the teacher with a new head, and the
+input-gradient discriminator (SPEC sections 2-4).
+
+All classifiers take NCHW float images with pixels in [0, 255] and return logits; the
+standardisation of the original is the first step of ``forward``.
+
+Every module carries ``arch``: a plain dict that :func:`build_model` turns back into an
+identical (freshly initialised) module. Checkpoints store it, so a model can be rebuilt from its
+checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from igam.errors import CheckpointError
+from igam.ops import (
+    STANDARDIZATIONS,
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv2dSame,
+    linear_init_,
+    lrelu,
+    set_bn_stats,
+    standardize,
+    upresize,
+)
+
+PAPER_WIDTHS = (16, 160, 320, 640)
+DEBUG_WIDTHS = (16, 16, 32, 64)
+
+
+class ResidualUnit(nn.Module):
+    """Pre-activation residual unit of the Madry WRN (TF scope ``unit_{s}_{u}``).
+
+    ``bn1`` is TF ``shared_activation/BatchNorm`` when ``activate_before_residual`` (unit_1_0
+    only: the shortcut is then the activated input) and ``residual_only_activation/BatchNorm``
+    otherwise (the shortcut is the raw input). Branch: conv3x3(stride) -> BN -> lrelu ->
+    conv3x3. When in != out, the shortcut is average-pooled (kernel = stride, 'VALID') and
+    zero-padded on channels by (out - in) / 2 on each side - no 1x1 conv.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, activate_before_residual: bool):
+        super().__init__()
+        self.in_ch, self.out_ch, self.stride = in_ch, out_ch, stride
+        self.activate_before_residual = activate_before_residual
+        self.bn1 = BatchNorm2d(in_ch)
+        self.conv1 = Conv2dSame(in_ch, out_ch, 3, stride)
+        self.bn2 = BatchNorm2d(out_ch)
+        self.conv2 = Conv2dSame(out_ch, out_ch, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = lrelu(self.bn1(x))
+        shortcut = act if self.activate_before_residual else x
+        out = self.conv2(lrelu(self.bn2(self.conv1(act))))
+        if self.in_ch != self.out_ch:
+            if self.stride > 1:
+                shortcut = F.avg_pool2d(shortcut, self.stride, self.stride)
+            pad = (self.out_ch - self.in_ch) // 2
+            shortcut = F.pad(shortcut, (0, 0, 0, 0, pad, pad))
+        return out + shortcut
+
+
+class WideResNet(nn.Module):
+    """Madry's CIFAR WideResNet ("WRN-34-10"), the backbone of every classifier in IGAM.
+
+    Args:
+        num_classes: logits of the head ``fc`` (TF scope ``logit``).
+        widths: (init conv, stage 1, stage 2, stage 3) channels; paper (16, 160, 320, 640),
+            debugging (16, 16, 32, 64).
+        units_per_stage: residual units per stage (paper 5).
+        standardization: 'zero_mean_l2' (IGAM students, TinyImageNet models), 'per_image'
+            (Madry CIFAR-10 models) or 'l2'.
+
+    Shapes: x (B, 3, H, W) float in [0, 255] -> logits (B, num_classes); any H, W (32 for
+    CIFAR, 64 for TinyImageNet: the head follows a global average pool).
+    """
+
+    def __init__(self, num_classes: int = 10, widths=PAPER_WIDTHS, units_per_stage: int = 5,
+                 standardization: str = "zero_mean_l2"):
+        super().__init__()
+        widths = tuple(int(w) for w in widths)
+        if len(widths) != 4:
+            raise ValueError(f"widths must have 4 entries (init, stage1..3), got {widths}")
+        if standardization not in STANDARDIZATIONS:
+            raise ValueError(f"standardization must be one of {STANDARDIZATIONS}")
+        for a, b in zip(widths[:-1], widths[1:]):
+            if (b - a) % 2:
+                raise ValueError(f"width step {a}->{b} must be even (channel zero-padding)")
+        self.arch = {"type": "wide_resnet", "num_classes": int(num_classes),
+                     "widths": list(widths), "units_per_stage": int(units_per_stage),
+                     "standardization": standardization}
+        self.standardization = standardization
+        self.init_conv = Conv2dSame(3, widths[0], 3, 1)
+        strides = (1, 2, 2)
+        stages = []
+        for s in range(3):
+            units = [ResidualUnit(widths[s], widths[s + 1], strides[s], s == 0)]
+            units += [ResidualUnit(widths[s + 1], widths[s + 1], 1, False)
+                      for _ in range(units_per_stage - 1)]
+            stages.append(nn.Sequential(*units))
+        self.stages = nn.ModuleList(stages)
+        self.final_bn = BatchNorm2d(widths[3])
+        self.fc = linear_init_(nn.Linear(widths[3], num_classes))
+
+    @property
+    def num_features(self) -> int:
+        return self.fc.in_features
+
+    def features(self, x: torch.Tensor, standardization: str | None = None) -> torch.Tensor:
+        """Pooled features (B, widths[3]) of images (B, 3, H, W) in [0, 255]."""
+        h = self.init_conv(standardize(x, standardization or self.standardization))
+        for stage in self.stages:
+            h = stage(h)
+        return lrelu(self.final_bn(h)).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+class Teacher(nn.Module):
+    """A robust source WideResNet with a new head for the target task (SPEC 3).
+
+    Args:
+        source: the (adversarially trained) source-task WideResNet; its ``fc`` stays the
+            source head.
+        num_target_classes: size of the new head ``target_head`` (TF ``target_task_logit``).
+        upresize_to: if set (e.g. 64 for TinyImageNet -> CIFAR-10), target images are resized
+            to this size with TF1 legacy bilinear (:func:`igam.ops.upresize`) before the source
+            network; gradients flow back to the original resolution.
+        standardization: override of the source's standardisation for target-task inputs
+            (the original fed its TinyImageNet teacher with 'l2'); None keeps the source's.
+        bn: 'batch' - batch statistics always (as the original), never touching the saved
+            running statistics; 'running' - always the running statistics; None - follow
+            ``train()``/``eval()`` (used to recalibrate running statistics).
+
+    ``forward(x)``: target logits (B, num_target_classes); ``source_logits(x)``: source logits.
+    x is (B, 3, H, W) float in [0, 255].
+    """
+
+    def __init__(self, source: WideResNet, num_target_classes: int, upresize_to: int | None = None,
+                 standardization: str | None = None, bn: str | None = "batch"):
+        super().__init__()
+        if standardization is not None and standardization not in STANDARDIZATIONS:
+            raise ValueError(f"standardization must be one of {STANDARDIZATIONS}")
+        self.source = source
+        self.target_head = linear_init_(nn.Linear(source.num_features, num_target_classes))
+        self.upresize_to = upresize_to
+        self.standardization = standardization
+        self.set_bn(bn)
+
+    @property
+    def arch(self) -> dict:
+        return {"type": "teacher", "source": copy.deepcopy(self.source.arch),
+                "num_target_classes": self.target_head.out_features,
+                "upresize_to": self.upresize_to, "standardization": self.standardization,
+                "bn": self.bn}
+
+    def set_bn(self, bn: str | None) -> None:
+        """Choose the teacher's BatchNorm statistics: 'batch', 'running' or None (see class)."""
+        if bn not in ("batch", "running", None):
+            raise ValueError(f"teacher bn must be 'batch', 'running' or None, got {bn!r}")
+        self.bn = bn
+        set_bn_stats(self.source, bn)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if self.upresize_to is not None and x.shape[-1] != self.upresize_to:
+            x = upresize(x, self.upresize_to)
+        return x
+
+    def target_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.source.features(self._prepare(x), self.standardization)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.target_head(self.target_features(x))
+
+    def source_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Source-task logits of source-task images (no resize, the source standardisation)."""
+        return self.source(x)
+
+    def freeze_source(self) -> None:
+        """Stop gradients to the source network's parameters (finetune the head only)."""
+        for p in self.source.parameters():
+            p.requires_grad_(False)
+
+
+class InputGradientDiscriminator(nn.Module):
+    """Discriminator that tells student input gradients (label 0) from teacher ones (label 1).
+
+    Input: the two gradient batches are concatenated along the batch and go through ONE
+    forward pass (its BN statistics mix both halves, as the original). The concatenation is
+    standardised with ``standardization`` ('zero_mean_l2' in the paper), then:
+    conv variant: ``num_conv_layers`` x [4x4 stride-2 SAME conv with bias (channels
+    base * 2^i) -> BN -> lrelu], optional global average pool, FC to 2 logits;
+    fully-connected variant: ``num_fc_layers`` x [FC (base, ..., base, base // 2) -> BN ->
+    lrelu], FC to 2 logits. Feature maps are flattened in NHWC order as in TF, so TF's FC
+    weights load with a plain transpose.
+
+    Shapes: g_student, g_teacher (B, 3, S, S) -> logits (2B, 2), student rows first.
+    """
+
+    def __init__(self, image_size: int = 32, num_conv_layers: int = 5, base_channels: int = 16,
+                 only_fully_connected: bool = False, num_fc_layers: int = 3,
+                 avg_pool: bool = False, standardization: str = "zero_mean_l2"):
+        super().__init__()
+        self.arch = {"type": "discriminator", "image_size": int(image_size),
+                     "num_conv_layers": int(num_conv_layers), "base_channels": int(base_channels),
+                     "only_fully_connected": bool(only_fully_connected),
+                     "num_fc_layers": int(num_fc_layers), "avg_pool": bool(avg_pool),
+                     "standardization": standardization}
+        self.standardization = standardization
+        self.only_fully_connected = only_fully_connected
+        self.avg_pool = avg_pool
+        self.convs = nn.ModuleList()
+        self.fcs = nn.ModuleList()
+        self.bns = nn.ModuleList()
+        if only_fully_connected:
+            features = 3 * image_size * image_size
+            for i in range(num_fc_layers):
+                out = base_channels // 2 if i == num_fc_layers - 1 else base_channels
+                self.fcs.append(linear_init_(nn.Linear(features, out)))
+                self.bns.append(BatchNorm1d(out))
+                features = out
+        else:
+            channels, size = 3, image_size
+            for i in range(num_conv_layers):
+                out = base_channels * 2 ** i
+                self.convs.append(Conv2dSame(channels, out, 4, 2, bias=True))
+                self.bns.append(BatchNorm2d(out))
+                channels, size = out, -(-size // 2)
+            features = channels if avg_pool else channels * size * size
+        self.logit = linear_init_(nn.Linear(features, 2))
+
+    @staticmethod
+    def _flatten_nhwc(x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1).flatten(1) if x.dim() == 4 else x
+
+    def classify(self, g: torch.Tensor) -> torch.Tensor:
+        """Logits (N, 2) of a batch of input gradients g (N, 3, S, S)."""
+        h = standardize(g, self.standardization)
+        if self.only_fully_connected:
+            h = self._flatten_nhwc(h)
+            for fc, bn in zip(self.fcs, self.bns):
+                h = lrelu(bn(fc(h)))
+        else:
+            for conv, bn in zip(self.convs, self.bns):
+                h = lrelu(bn(conv(h)))
+            if self.avg_pool:
+                h = h.mean(dim=(2, 3))
+        return self.logit(self._flatten_nhwc(h))
+
+    def forward(self, g_student: torch.Tensor, g_teacher: torch.Tensor) -> torch.Tensor:
+        return self.classify(torch.cat([g_student, g_teacher], dim=0))
+
+    @staticmethod
+    def labels(batch_size: int, device=None) -> torch.Tensor:
+        """(2B,) int64 labels of :meth:`forward`'s rows: 0 for student, 1 for teacher."""
+        return torch.cat([torch.zeros(batch_size, dtype=torch.long, device=device),
+                          torch.ones(batch_size, dtype=torch.long, device=device)])
+
+
+def build_model(arch: dict) -> nn.Module:
+    """Rebuild a module from its ``arch`` dict (as stored in checkpoints).
+
+    Raises CheckpointError for an arch dict that is not understood.
+    """
+    try:
+        kind = arch["type"]
+        a = {k: v for k, v in arch.items() if k != "type"}
+        if kind == "wide_resnet":
+            return WideResNet(**a)
+        if kind == "teacher":
+            source = build_model(a.pop("source"))
+            return Teacher(source, **a)
+        if kind == "discriminator":
+            return InputGradientDiscriminator(**a)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"cannot build a model from arch {arch!r}: {exc}") from None
+    raise CheckpointError(f"unknown model type {arch.get('type')!r} in arch {arch!r}")

@@ -1,0 +1,170 @@
+"""Training steps shared by the entry scripts, besides IGAM itself (``igam.objective``).
+
+* :class:`ClassifierTrainer` - plain or PGD adversarial training of a classifier (SPEC 5).
+* :class:`HeadFinetuner` - fit the teacher's new target head with Adam (SPEC 6).
+* :func:`evaluate` - accuracy on every example once (clean or under an attack).
+* :func:`recalibrate_bn` - re-estimate BatchNorm running statistics on target data (SPEC 6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from igam.ops import set_bn_stats
+from igam.optim import PiecewiseConstant, set_lr, sgd
+
+
+class ClassifierTrainer:
+    """SGD training of a classifier, optionally on PGD adversarial examples (Madry et al.).
+
+    Each step: if ``attack`` is given and ``step >= steps_before_adv_training``, replace the
+    batch by the attack's adversarial examples, crafted against the current model in train
+    mode (as the original); then one SGD step on CE (+ weight decay on conv/FC weights) with
+    the piecewise-constant learning rate of the global step.
+
+    Args:
+        model: classifier, (B, 3, H, W) in [0, 255] -> logits.
+        lr_schedule: [[0, lr0], [boundary1, lr1], ...].
+        momentum, weight_decay: SGD settings (original: 0.9, 2e-4).
+        attack: an ``igam.attacks.Attack`` (e.g. PGD eps 8, step 2, 7 steps) or None.
+        steps_before_adv_training: natural batches before this step.
+    """
+
+    def __init__(self, model: nn.Module, lr_schedule, momentum: float = 0.9,
+                 weight_decay: float = 2e-4, attack=None, steps_before_adv_training: int = 0):
+        self.model = model
+        self.schedule = PiecewiseConstant(lr_schedule)
+        self.optimizer = sgd(model, self.schedule(0), momentum, weight_decay)
+        self.attack = attack
+        self.steps_before_adv_training = steps_before_adv_training
+        self.global_step = 0
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One training step on x (B, 3, H, W) in [0, 255], y (B,). Returns detached scalars."""
+        self.model.train()
+        out = {}
+        if self.attack is not None and self.global_step >= self.steps_before_adv_training:
+            with torch.no_grad():
+                out["nat_accuracy"] = (self.model(x).argmax(1) == y).float().mean()
+            x = self.attack(x, y)
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y)
+        set_lr(self.optimizer, self.schedule(self.global_step))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.global_step += 1
+        out.update(xent=loss.detach(), accuracy=(logits.argmax(1) == y).float().mean())
+        return out
+
+    def state_dict(self) -> dict:
+        return {"global_step": self.global_step, "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.global_step = int(state["global_step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class HeadFinetuner:
+    """Fit the teacher's new target head (or the whole teacher) with Adam (SPEC 6).
+
+    Loss: CE of the target head; no weight decay (the original's new head had none).
+    The teacher's BatchNorm runs as its ``bn`` setting says ('batch' in the original).
+    """
+
+    def __init__(self, teacher: nn.Module, lr: float = 1e-3, whole_model: bool = False):
+        self.teacher = teacher
+        if not whole_model:
+            teacher.freeze_source()
+        params = [p for p in teacher.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=lr)
+        self.global_step = 0
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.teacher.train()
+        logits = self.teacher(x)
+        loss = F.cross_entropy(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.global_step += 1
+        return {"xent": loss.detach(), "accuracy": (logits.argmax(1) == y).float().mean()}
+
+    def state_dict(self) -> dict:
+        return {"global_step": self.global_step, "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.global_step = int(state["global_step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def evaluate(model: nn.Module, batches: Iterable, attack=None, bn_mode: str = "eval",
+             progress=None) -> dict:
+    """Accuracy over every example of ``batches`` (an iterable of (x, y) on the device).
+
+    Args:
+        model: classifier (B, 3, H, W) in [0, 255] -> logits.
+        batches: e.g. ``igam.data.eval_batches(dataset, 100, device)`` (partial last batch
+            included, SPEC 7 [fix]).
+        attack: optional attack applied to each batch before classification.
+        bn_mode: 'eval' (running statistics, the port's default) or 'train' (the original's
+            batch statistics; the model's running statistics are then restored afterwards).
+        progress: optional callable wrapping the iterable (e.g. tqdm).
+    Returns:
+        {"accuracy": float in [0, 1], "correct": int, "n": int, "predictions": LongTensor (N,)}
+    """
+    was_training = {m: m.training for m in model.modules()}
+    saved = {k: v.clone() for k, v in model.state_dict().items()} if bn_mode == "train" else None
+    model.train(bn_mode == "train")
+    preds, correct, n = [], 0, 0
+    try:
+        for x, y in (progress(batches) if progress else batches):
+            if attack is not None:
+                x = attack(x, y)
+            with torch.no_grad():
+                p = model(x).argmax(1)
+            preds.append(p)
+            correct += (p == y).sum()
+            n += y.numel()
+    finally:
+        for m, t in was_training.items():
+            m.train(t)
+        if saved is not None:
+            model.load_state_dict(saved)
+    correct = int(correct)
+    return {"accuracy": correct / max(n, 1), "correct": correct, "n": n,
+            "predictions": torch.cat(preds).cpu() if preds else torch.zeros(0, dtype=torch.long)}
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable, progress=None) -> int:
+    """Re-estimate every BatchNorm's running statistics as a cumulative average over batches.
+
+    Used after finetuning a teacher with batch-statistics BN (SPEC 6 [option]): its saved
+    running statistics come from the source task, so eval-mode use would feed the new head
+    features it never saw. The statistics are estimated in train mode with every ``stats``
+    switch cleared; afterwards the switches are restored and the model is left in eval mode.
+    Returns the number of batches used.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    switches = {m: getattr(m, "stats", None) for m in bns}
+    set_bn_stats(model, None)
+    momenta = {m: m.momentum for m in bns}
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    count = 0
+    for x, _ in (progress(batches) if progress else batches):
+        model(x)
+        count += 1
+    for m in bns:
+        m.momentum = momenta[m]
+        if switches[m] is not None:
+            m.stats = switches[m]
+    model.eval()
+    return count
