@@ -1,0 +1,96 @@
+"""Step 2 - fit a new target-task head on the frozen robust source model: the teacher.
+
+Port of the original ``train_igam*.py --train_finetune_source_model --only_finetune``
+(SPEC 6): only the new head ``target_task_logit`` is trained, with Adam (lr 1e-3), on augmented
+target-task data; the source network runs with batch-statistics BatchNorm, as in the original.
+TinyImageNet -> CIFAR-10 resizes 32 -> 64 with TF1's bilinear resize ("upresize").
+
+Afterwards (option ``finetune.recalibrate_bn``) the BatchNorm running statistics are
+re-estimated on the target training data, so that eval-mode evaluation of the teacher sees the
+features its head was trained on; clean accuracy is reported in both BN modes.
+
+    python finetune_teacher.py --config configs/finetune_tinyimagenet_to_cifar10.yaml
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tqdm import tqdm
+
+from igam import engine, schemas
+from igam.config import load_config
+from igam.data import TrainBatches, eval_batches, load_dataset
+from igam.errors import CheckpointError
+from igam.gradients import input_gradient
+from igam.models import Teacher, WideResNet
+from igam.objective import random_pert
+from igam.runtime import MetricsLogger, atomic_write, prepare_run_dir, run_main
+from igam.training import HeadFinetuner, recalibrate_bn
+
+
+def save_input_gradients(teacher, dataset, batch_size, device, path):
+    """Teacher input gradients d softmax[y]/dx of a whole dataset as float32 NHWC .npy."""
+    teacher.train()
+    grads = []
+    for x, y in tqdm(eval_batches(dataset, batch_size, device), desc=f"gradients {path.name}",
+                     leave=False):
+        grads.append(input_gradient(teacher, x, y).permute(0, 2, 3, 1).cpu().numpy())
+    with atomic_write(path, "wb", encoding=None) as fh:
+        np.save(fh, np.concatenate(grads).astype(np.float32))
+
+
+def main(argv=None):
+    cfg = load_config(schemas.FINETUNE, argv, schemas.FINETUNE_CHOICES,
+                      prog="finetune_teacher.py", description=__doc__)
+    device = engine.setup(cfg)
+    train, test = load_dataset(cfg["data"]["dataset"], cfg["data"]["root"])
+    source, _ = engine.load_model(cfg["source_model_dir"], device, ("classifier",))
+    if not isinstance(source, WideResNet):
+        raise CheckpointError(f"{cfg['source_model_dir']} does not hold a source classifier")
+    run = prepare_run_dir(cfg["model_dir"], cfg, cfg["resume"], cfg["overwrite"])
+
+    tc, f = cfg["teacher"], cfg["finetune"]
+    std = None if tc["standardization"] == "source" else tc["standardization"]
+    teacher = Teacher(source, train.num_classes, tc["upresize_to"], std, tc["bn"]).to(device)
+    finetuner = HeadFinetuner(teacher, f["lr"], f["whole_model"])
+    batches = TrainBatches(train, f["batch_size"], device, cfg["seed"], f["augment"])
+    ckpt = engine.Checkpointer(run.path, "teacher", cfg, teacher, finetuner, batches)
+    ckpt.info["bn_recalibrated"] = False
+    start = ckpt.restore(run.resume_from) if run.resume_from else 0
+
+    def step(x, y):
+        if f["img_random_pert"]:
+            x = random_pert(x, f["eps"])
+        return finetuner.step(x, y)
+
+    logger = MetricsLogger(run.path, truncate_after=start)
+    engine.fit(step, batches, start, f["steps"], ckpt, logger, cfg["log_every"],
+               cfg["checkpoint_every"], desc="finetune teacher head")
+
+    results = {}
+    ev = dict(cfg["eval"], bn_mode="eval")
+    teacher.set_bn("batch")
+    results["batch_bn"] = engine.clean_accuracy(teacher, test, ev, device, "eval (batch BN)")
+    if f["recalibrate_bn"] and tc["bn"] == "batch":
+        recalibrate_bn(teacher, eval_batches(train, f["batch_size"], device))
+        ckpt.info["bn_recalibrated"] = True
+        ckpt.save(f["steps"])
+    teacher.set_bn(None)
+    results["running_bn"] = engine.clean_accuracy(teacher, test, ev, device, "eval (running BN)")
+    teacher.set_bn(tc["bn"])
+    summary = {k: {kk: vv for kk, vv in v.items() if kk != "predictions"}
+               for k, v in results.items()}
+    summary["bn_recalibrated"] = ckpt.info["bn_recalibrated"]
+    logger.write_json("eval_clean.json", summary)
+    if f["save_input_gradients"]:
+        for name, data in (("train", train), ("test", test)):
+            save_input_gradients(teacher, data, cfg["eval"]["batch_size"], device,
+                                 run.path / f"teacher_input_gradients_{name}.npy")
+    print(f"teacher clean accuracy on {test.name}: "
+          f"{100 * results['batch_bn']['accuracy']:.2f}% with batch statistics, "
+          f"{100 * results['running_bn']['accuracy']:.2f}% with running statistics; "
+          f"saved in {run.path}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,63 @@
+"""Step 5 - evaluate a model on stored adversarial examples and on the clean test set.
+
+Port of the original ``run_attack.py`` (SPEC 8): the file is refused (one-line error) if its
+shape, pixel range [0, 255] (+-1e-4) or perturbation size (max |x_adv - x_nat| <= eps + 1e-4)
+is wrong. Reports adversarial and clean accuracy, and writes into the model folder
+``eval_<attack_name>.json``, ``eval_<attack_name>.txt`` and the predictions
+``pred_<attack_name>.npy`` (adversarial) / ``pred_clean.npy``.
+
+    python run_attack.py --model_dir models/igam_tinyimagenet_to_cifar10 --attack_name pgds20
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from igam import engine, schemas
+from igam.advfiles import adversarial_batches, attack_file_path, load_adversarial
+from igam.config import load_config
+from igam.data import eval_batches, load_dataset
+from igam.runtime import atomic_write, atomic_write_text, run_main, write_json
+from igam.training import evaluate
+
+
+def main(argv=None):
+    cfg = load_config(schemas.RUN_ATTACK, argv, schemas.RUN_ATTACK_CHOICES,
+                      prog="run_attack.py", description=__doc__)
+    device = engine.setup(cfg)
+    model, _ = engine.load_classifier(cfg["model_dir"], device)
+    _, test = load_dataset(cfg["data"]["dataset"], cfg["data"]["root"])
+    test = engine.eval_subset(test, cfg["eval"]["num_examples"])
+    name = Path(cfg["model_dir"]).resolve().name
+    path = Path(cfg["attack_path"]) if cfg["attack_path"] else attack_file_path(
+        cfg["attack_dir"], name, cfg["attack_name"], test.name, cfg["norm"])
+    x_adv = load_adversarial(path, test.images, cfg["eps"], cfg["norm"])
+    bs, bn = cfg["eval"]["batch_size"], cfg["eval"]["bn_mode"]
+    nb = -(-len(test) // bs)
+    adv = evaluate(model, adversarial_batches(x_adv, test.labels, bs, device), bn_mode=bn,
+                   progress=lambda it: tqdm(it, desc=f"adversarial {path.name}", total=nb))
+    clean = evaluate(model, eval_batches(test, bs, device), bn_mode=bn,
+                     progress=lambda it: tqdm(it, desc="clean", total=nb))
+
+    out = Path(cfg["model_dir"])
+    tag = cfg["attack_name"] or "attack"
+    result = {"model_dir": str(cfg["model_dir"]), "attack_file": str(path),
+              "dataset": test.name, "n": adv["n"], "eps": cfg["eps"], "norm": cfg["norm"],
+              "bn_mode": cfg["eval"]["bn_mode"], "adv_accuracy": adv["accuracy"],
+              "clean_accuracy": clean["accuracy"]}
+    write_json(out / f"eval_{tag}.json", result)
+    text = (f"model: {cfg['model_dir']}\nattack file: {path}\n"
+            f"adversarial accuracy: {100 * adv['accuracy']:.2f}% ({adv['correct']}/{adv['n']})\n"
+            f"clean accuracy: {100 * clean['accuracy']:.2f}% ({clean['correct']}/{clean['n']})\n")
+    atomic_write_text(out / f"eval_{tag}.txt", text)
+    for fname, res in ((f"pred_{tag}.npy", adv), ("pred_clean.npy", clean)):
+        with atomic_write(out / fname, "wb", encoding=None) as fh:
+            np.save(fh, res["predictions"].numpy())
+    print(text, end="")
+
+
+if __name__ == "__main__":
+    run_main(main)

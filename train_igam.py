@@ -1,0 +1,66 @@
+"""Step 3 - IGAM: train a student whose input gradients look like the robust teacher's.
+
+Port of the original ``train_igam.py`` / ``train_igam_tinyimagenet2cifar_upresize.py``
+(SPEC 4): the student (WideResNet, trained on natural images only) minimises
+CE - beta * D_xent + gamma * sum (g_s - g_t)^2, while an input-gradient discriminator learns to
+tell its input gradients from the frozen teacher's. The first ``igam.steps_before_adv_opt``
+steps are plain classification training.
+
+    python train_igam.py --config configs/igam_tinyimagenet_to_cifar10.yaml
+"""
+
+from __future__ import annotations
+
+import torch
+
+from igam import engine, schemas
+from igam.config import load_config
+from igam.data import TrainBatches, load_dataset
+from igam.errors import ConfigError
+from igam.models import InputGradientDiscriminator, WideResNet
+from igam.objective import IGAMSettings, IGAMTrainer
+from igam.runtime import MetricsLogger, prepare_run_dir, run_main
+
+
+def main(argv=None):
+    cfg = load_config(schemas.IGAM, argv, schemas.IGAM_CHOICES, prog="train_igam.py",
+                      description=__doc__)
+    device = engine.setup(cfg)
+    train, test = load_dataset(cfg["data"]["dataset"], cfg["data"]["root"])
+    teacher = engine.load_teacher(cfg["teacher_dir"], device, cfg["teacher_bn"])
+    if teacher.target_head.out_features != train.num_classes:
+        raise ConfigError(f"teacher in {cfg['teacher_dir']} has a "
+                          f"{teacher.target_head.out_features}-class head but {train.name} has "
+                          f"{train.num_classes} classes")
+    run = prepare_run_dir(cfg["model_dir"], cfg, cfg["resume"], cfg["overwrite"])
+
+    s, d, g, t = cfg["student"], cfg["discriminator"], cfg["igam"], cfg["train"]
+    student = WideResNet(train.num_classes, s["widths"], s["units_per_stage"],
+                         s["standardization"]).to(device)
+    disc = InputGradientDiscriminator(train.image_size, d["num_conv_layers"], d["base_channels"],
+                                      d["only_fully_connected"], d["num_fc_layers"],
+                                      d["avg_pool"]).to(device)
+    settings = IGAMSettings(beta=g["beta"], gamma=g["gamma"], weight_decay=t["weight_decay"],
+                            momentum=t["momentum"], lr_schedule=t["lr_schedule"],
+                            disc_update_steps=g["disc_update_steps"],
+                            steps_before_adv_opt=g["steps_before_adv_opt"],
+                            img_random_pert=g["img_random_pert"], eps=g["eps"],
+                            same_optimizer=g["same_optimizer"])
+    generator = torch.Generator(device=device).manual_seed(cfg["seed"])
+    trainer = IGAMTrainer(student, teacher, disc, settings, generator)
+    batches = TrainBatches(train, t["batch_size"], device, cfg["seed"], t["augment"])
+    ckpt = engine.Checkpointer(run.path, "igam", cfg, student, trainer, batches,
+                               extras={"discriminator": disc})
+    start = ckpt.restore(run.resume_from) if run.resume_from else 0
+
+    logger = MetricsLogger(run.path, truncate_after=start)
+    engine.fit(trainer.step, batches, start, t["steps"], ckpt, logger, cfg["log_every"],
+               cfg["checkpoint_every"], desc="IGAM")
+    res = engine.clean_accuracy(student, test, cfg["eval"], device)
+    logger.write_json("eval_clean.json", {k: v for k, v in res.items() if k != "predictions"})
+    print(f"student clean accuracy on {test.name}: {100 * res['accuracy']:.2f}% "
+          f"({res['correct']}/{res['n']}); model saved in {run.path}")
+
+
+if __name__ == "__main__":
+    run_main(main)
