@@ -51,7 +51,8 @@ def main(argv=None):
 
     tc, f = cfg["teacher"], cfg["finetune"]
     std = None if tc["standardization"] == "source" else tc["standardization"]
-    teacher = Teacher(source, train.num_classes, tc["upresize_to"], std, tc["bn"]).to(device)
+    teacher = Teacher(source, train.num_classes, tc["upresize_to"] or None, std,
+                      tc["bn"]).to(device)
     finetuner = HeadFinetuner(teacher, f["lr"], f["whole_model"])
     batches = TrainBatches(train, f["batch_size"], device, cfg["seed"], f["augment"])
     ckpt = engine.Checkpointer(run.path, "teacher", cfg, teacher, finetuner, batches)

@@ -37,8 +37,8 @@ def main(argv=None):
     norm = "l2" if a["method"] == "pgd_l2" else "linf"
     attack = make_attack(a, model, bn_mode=cfg["eval"]["bn_mode"])
     name = Path(cfg["model_dir"]).resolve().name
-    path = Path(cfg["out_path"]) if cfg["out_path"] else attack_file_path(
-        cfg["out_dir"], name, cfg["attack_name"], test.name, norm)
+    path = Path(cfg["attack_path"]) if cfg["attack_path"] else attack_file_path(
+        cfg["attack_dir"], name, cfg["attack_name"], test.name, norm)
 
     bs = cfg["eval"]["batch_size"]
     adv = []

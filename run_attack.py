@@ -25,16 +25,18 @@ from igam.training import evaluate
 
 
 def main(argv=None):
-    cfg = load_config(schemas.RUN_ATTACK, argv, schemas.RUN_ATTACK_CHOICES,
+    cfg = load_config(schemas.ATTACK, argv, schemas.ATTACK_CHOICES,
                       prog="run_attack.py", description=__doc__)
     device = engine.setup(cfg)
     model, _ = engine.load_classifier(cfg["model_dir"], device)
     _, test = load_dataset(cfg["data"]["dataset"], cfg["data"]["root"])
     test = engine.eval_subset(test, cfg["eval"]["num_examples"])
     name = Path(cfg["model_dir"]).resolve().name
+    norm = "l2" if cfg["attack"]["method"] == "pgd_l2" else "linf"
+    eps = float(cfg["attack"]["eps"])
     path = Path(cfg["attack_path"]) if cfg["attack_path"] else attack_file_path(
-        cfg["attack_dir"], name, cfg["attack_name"], test.name, cfg["norm"])
-    x_adv = load_adversarial(path, test.images, cfg["eps"], cfg["norm"])
+        cfg["attack_dir"], name, cfg["attack_name"], test.name, norm)
+    x_adv = load_adversarial(path, test.images, eps, norm)
     bs, bn = cfg["eval"]["batch_size"], cfg["eval"]["bn_mode"]
     nb = -(-len(test) // bs)
     adv = evaluate(model, adversarial_batches(x_adv, test.labels, bs, device), bn_mode=bn,
@@ -45,7 +47,7 @@ def main(argv=None):
     out = Path(cfg["model_dir"])
     tag = cfg["attack_name"] or "attack"
     result = {"model_dir": str(cfg["model_dir"]), "attack_file": str(path),
-              "dataset": test.name, "n": adv["n"], "eps": cfg["eps"], "norm": cfg["norm"],
+              "dataset": test.name, "n": adv["n"], "eps": eps, "norm": norm,
               "bn_mode": cfg["eval"]["bn_mode"], "adv_accuracy": adv["accuracy"],
               "clean_accuracy": clean["accuracy"]}
     write_json(out / f"eval_{tag}.json", result)

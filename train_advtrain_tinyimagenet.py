@@ -29,7 +29,10 @@ def main(argv=None):
     m, t, a = cfg["model"], cfg["train"], cfg["attack"]
     model = WideResNet(train.num_classes, m["widths"], m["units_per_stage"],
                        m["standardization"]).to(device)
-    attack = PGD(model, a["eps"], a["step_size"], a["steps"], a["random_start"], a["loss"])
+    # keep_buffers=False: like the original's TF batch norm, the PGD forward passes in train
+    # mode also update the BN running averages.
+    attack = PGD(model, a["eps"], a["step_size"], a["steps"], a["random_start"], a["loss"],
+                 keep_buffers=False)
     trainer = ClassifierTrainer(model, t["lr_schedule"], t["momentum"], t["weight_decay"],
                                 attack, t["steps_before_adv_training"])
     batches = TrainBatches(train, t["batch_size"], device, cfg["seed"], t["augment"])

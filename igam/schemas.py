@@ -7,7 +7,7 @@ are the paper's settings (SPEC 4-6, 9); the YAML files document every key.
 
 from __future__ import annotations
 
-PAPER_LR = [[0, 0.1], [160000, 0.01], [240000, 0.001]]
+PAPER_LR = [[0.0, 0.1], [160000.0, 0.01], [240000.0, 0.001]]  # [step, lr]; floats: one element type
 
 _RUNTIME = {
     "seed": 0,                # seeds python, numpy and torch
@@ -87,23 +87,11 @@ ATTACK = {
     "attack": {"method": "pgd", "eps": 8.0, "step_size": 2.0, "steps": 10,
                "random_start": True, "loss": "xent", "restarts": 1},
     "attack_name": "pgd",
-    "out_dir": "attacks",
-    "out_path": "",
-    "eval": dict(_EVAL),
-}
-ATTACK_CHOICES = {"data.dataset": _DATASETS, "attack.method": ["pgd", "fgsm", "pgd_l2"],
-                  "attack.loss": ["xent", "cw"], "eval.bn_mode": ["eval", "train"]}
-
-RUN_ATTACK = {
-    **_RUNTIME,
-    "model_dir": "models/igam_tinyimagenet_to_cifar10",
-    "data": dict(_DATA),
-    "attack_name": "pgd",
     "attack_dir": "attacks",
     "attack_path": "",
-    "eps": 8.0,
-    "norm": "linf",
     "eval": dict(_EVAL),
 }
-RUN_ATTACK_CHOICES = {"data.dataset": _DATASETS, "norm": ["linf", "l2"],
-                      "eval.bn_mode": ["eval", "train"]}
+"""Shared by pgd_attack.py (writes the file) and run_attack.py (checks it against
+``attack.eps`` / the method's norm and evaluates), as the original's config_attack.py."""
+ATTACK_CHOICES = {"data.dataset": _DATASETS, "attack.method": ["pgd", "fgsm", "pgd_l2"],
+                  "attack.loss": ["xent", "cw"], "eval.bn_mode": ["eval", "train"]}

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Install the runtime dependencies (torch, torchvision, numpy, pyyaml, tqdm).
+# For a specific CUDA build of torch, install torch first following pytorch.org, then run this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install -r requirements.txt

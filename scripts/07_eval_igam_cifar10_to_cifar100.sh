@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Step 6 (original run_eval_igam_c10to100.sh): PGD-5, PGD-20 and PGD-100 on the CIFAR-100
+# IGAM student (files attacks/<model>_<attack>_c100attack.npy).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODEL_DIR=${MODEL_DIR:-models/igam_cifar10_to_cifar100}
+for attack in pgds5 pgds20 pgds100; do
+  for script in pgd_attack.py run_attack.py; do
+    python "$script" --config "configs/attack_${attack}.yaml" --model_dir "$MODEL_DIR" \
+      --data.dataset cifar100 --data.root datasets/cifar100 "$@"
+  done
+done
