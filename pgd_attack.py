@@ -33,6 +33,7 @@ def main(argv=None):
     model, _ = engine.load_classifier(cfg["model_dir"], device)
     _, test = load_dataset(cfg["data"]["dataset"], cfg["data"]["root"])
     test = engine.eval_subset(test, cfg["eval"]["num_examples"])
+    engine.check_classes(model, test, cfg["model_dir"])
     a = dict(cfg["attack"])
     norm = "l2" if a["method"] == "pgd_l2" else "linf"
     attack = make_attack(a, model, bn_mode=cfg["eval"]["bn_mode"])

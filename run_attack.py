@@ -31,6 +31,7 @@ def main(argv=None):
     model, _ = engine.load_classifier(cfg["model_dir"], device)
     _, test = load_dataset(cfg["data"]["dataset"], cfg["data"]["root"])
     test = engine.eval_subset(test, cfg["eval"]["num_examples"])
+    engine.check_classes(model, test, cfg["model_dir"])
     name = Path(cfg["model_dir"]).resolve().name
     norm = "l2" if cfg["attack"]["method"] == "pgd_l2" else "linf"
     eps = float(cfg["attack"]["eps"])

@@ -16,7 +16,6 @@ import torch
 from igam import engine, schemas
 from igam.config import load_config
 from igam.data import TrainBatches, load_dataset
-from igam.errors import ConfigError
 from igam.models import InputGradientDiscriminator, WideResNet
 from igam.objective import IGAMSettings, IGAMTrainer
 from igam.runtime import MetricsLogger, prepare_run_dir, run_main
@@ -28,10 +27,7 @@ def main(argv=None):
     device = engine.setup(cfg)
     train, test = load_dataset(cfg["data"]["dataset"], cfg["data"]["root"])
     teacher = engine.load_teacher(cfg["teacher_dir"], device, cfg["teacher_bn"])
-    if teacher.target_head.out_features != train.num_classes:
-        raise ConfigError(f"teacher in {cfg['teacher_dir']} has a "
-                          f"{teacher.target_head.out_features}-class head but {train.name} has "
-                          f"{train.num_classes} classes")
+    engine.check_classes(teacher, train, cfg["teacher_dir"])
     run = prepare_run_dir(cfg["model_dir"], cfg, cfg["resume"], cfg["overwrite"])
 
     s, d, g, t = cfg["student"], cfg["discriminator"], cfg["igam"], cfg["train"]

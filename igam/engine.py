@@ -25,7 +25,7 @@ from igam.checkpoint import (
     save_checkpoint,
 )
 from igam.data import eval_batches
-from igam.errors import CheckpointError
+from igam.errors import CheckpointError, ConfigError
 from igam.models import Teacher, build_model
 from igam.runtime import (
     MetricsLogger,
@@ -70,6 +70,14 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tup
     if isinstance(model, Teacher):
         model.set_bn(None)
     return model, ckpt
+
+
+def check_classes(model: nn.Module, dataset, path) -> None:
+    """ConfigError unless the model's logits match the dataset's classes."""
+    k = getattr(unwrap(model), "num_classes", None)
+    if k is not None and k != dataset.num_classes:
+        raise ConfigError(f"model in {path} predicts {k} classes but {dataset.name} has "
+                          f"{dataset.num_classes}: wrong --data.dataset for this model?")
 
 
 def load_teacher(path: str | Path, device, bn: str) -> Teacher:

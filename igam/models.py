@@ -89,8 +89,12 @@ class WideResNet(nn.Module):
         if standardization not in STANDARDIZATIONS:
             raise ValueError(f"standardization must be one of {STANDARDIZATIONS}")
         for a, b in zip(widths[:-1], widths[1:]):
-            if (b - a) % 2:
-                raise ValueError(f"width step {a}->{b} must be even (channel zero-padding)")
+            if (b - a) % 2 or b < a:
+                raise ValueError(f"width step {a}->{b} must be even and non-decreasing "
+                                 "(the shortcut zero-pads channels)")
+        if widths[2] == widths[1] or widths[3] == widths[2]:
+            raise ValueError(f"widths {widths}: stages 2 and 3 downsample, so their widths must "
+                             "grow (the original's shortcut pools only when channels change)")
         self.arch = {"type": "wide_resnet", "num_classes": int(num_classes),
                      "widths": list(widths), "units_per_stage": int(units_per_stage),
                      "standardization": standardization}
@@ -110,6 +114,10 @@ class WideResNet(nn.Module):
     @property
     def num_features(self) -> int:
         return self.fc.in_features
+
+    @property
+    def num_classes(self) -> int:
+        return self.fc.out_features
 
     def features(self, x: torch.Tensor, standardization: str | None = None) -> torch.Tensor:
         """Pooled features (B, widths[3]) of images (B, 3, H, W) in [0, 255]."""
@@ -159,6 +167,11 @@ class Teacher(nn.Module):
                 "num_target_classes": self.target_head.out_features,
                 "upresize_to": self.upresize_to, "standardization": self.standardization,
                 "bn": self.bn}
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the target task (``forward``'s logits)."""
+        return self.target_head.out_features
 
     def set_bn(self, bn: str | None) -> None:
         """Choose the teacher's BatchNorm statistics: 'batch', 'running' or None (see class)."""

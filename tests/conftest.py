@@ -10,6 +10,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Tiny models run faster on one thread, and a loaded 2-core machine does not stall them.
+torch.set_num_threads(1)
+
 
 def shared_data_dir() -> Path | None:
     """Folder with the real CIFAR-10 / Tiny-ImageNet subsets (env IGAM_SHARED_DATA, set by

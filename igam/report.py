@@ -1,0 +1,64 @@
+"""Collect the run_attack.py results of several models into one table (used by the demo).
+
+    python -m igam.report models/demo --rows teacher igam_student --attacks fgsm pgds20 \
+        --out models/demo/results.json
+
+Reads ``<dir>/<row>/eval_<attack>.json`` (written by run_attack.py) and prints
+clean / per-attack accuracy in percent; writes ``{row: {"clean": %, "<attack>": %}}``.
+Attack names ``pgds20`` are reported as ``pgd20`` (the original's names carry an 's').
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from igam.errors import IGAMError
+from igam.runtime import run_main, write_json
+
+
+def column(attack: str) -> str:
+    return attack.replace("pgds", "pgd")
+
+
+def collect(run_dir: Path, rows: list[str], attacks: list[str]) -> dict:
+    table = {}
+    for row in rows:
+        entry = {}
+        for attack in attacks:
+            path = run_dir / row / f"eval_{attack}.json"
+            if not path.is_file():
+                raise IGAMError(f"{path} not found: run run_attack.py for {row} / {attack} first")
+            res = json.loads(path.read_text())
+            entry.setdefault("clean", round(100 * res["clean_accuracy"], 2))
+            entry[column(attack)] = round(100 * res["adv_accuracy"], 2)
+        table[row] = entry
+    return table
+
+
+def format_table(table: dict) -> str:
+    cols = list(next(iter(table.values())).keys()) if table else []
+    width = max([len(r) for r in table] + [5])
+    lines = [f"{'model':<{width}}  " + "  ".join(f"{c:>7}" for c in cols)]
+    for row, entry in table.items():
+        lines.append(f"{row:<{width}}  " + "  ".join(f"{entry[c]:>6.2f}%" for c in cols))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m igam.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--rows", nargs="+", required=True)
+    p.add_argument("--attacks", nargs="+", default=["fgsm", "pgds20"])
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    table = collect(args.run_dir, args.rows, args.attacks)
+    print(format_table(table))
+    if args.out is not None:
+        write_json(args.out, table)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,211 @@
+"""End-to-end: every entry script through its real command line, on tiny synthetic data
+(and, in test_real_data_pipeline, on the real subsets in ../shared/data).
+
+The pipeline runs once per module (fixture ``pipeline``); the tests then check the files and
+numbers each step produced, resumption, and the one-line errors for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from igam.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--model.widths", "4,4,8,16", "--model.units_per_stage", "1"]
+STUDENT = ["--student.widths", "4,4,8,16", "--student.units_per_stage", "1"]
+FAST = ["--device", "cpu", "--log_every", "2", "--eval.batch_size", "50"]
+
+
+def run(script: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def synth(dataset: str, out: Path, *args: str) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    subprocess.run([sys.executable, "-m", "igam.data.synthetic", "--dataset", dataset,
+                    "--out", str(out), *args], check=True, env=env, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    w = tmp_path_factory.mktemp("pipeline")
+    synth("tinyimagenet", w / "data/tiny", "--num_classes", "4", "--n_train_per_class", "8",
+          "--n_val_per_class", "4")
+    synth("cifar10", w / "data/c10", "--n_train", "64", "--n_test", "30")
+    run("train_advtrain_tinyimagenet.py", "--config",
+        str(REPO / "configs/advtrain_tinyimagenet.yaml"), *FAST, *TINY,
+        "--data.root", "data/tiny", "--model_dir", "models/src",
+        "--train.steps", "4", "--train.batch_size", "8", "--attack.steps", "2",
+        "--checkpoint_every", "2", cwd=w)
+    run("finetune_teacher.py", "--config",
+        str(REPO / "configs/finetune_tinyimagenet_to_cifar10.yaml"), *FAST,
+        "--data.root", "data/c10", "--source_model_dir", "models/src",
+        "--model_dir", "models/teacher", "--finetune.steps", "4", "--finetune.batch_size", "8",
+        "--finetune.save_input_gradients", "true", cwd=w)
+    igam_args = ["--config", str(REPO / "configs/igam_tinyimagenet_to_cifar10.yaml"), *FAST,
+                 *STUDENT, "--data.root", "data/c10", "--teacher_dir", "models/teacher",
+                 "--train.batch_size", "8", "--igam.steps_before_adv_opt", "2",
+                 "--igam.disc_update_steps", "2", "--discriminator.num_conv_layers", "2",
+                 "--checkpoint_every", "3"]
+    run("train_igam.py", *igam_args, "--model_dir", "models/igam", "--train.steps", "6", cwd=w)
+    for attack in ("fgsm", "pgds5"):
+        for script in ("pgd_attack.py", "run_attack.py"):
+            run(script, "--config", str(REPO / f"configs/attack_{attack}.yaml"), "--device", "cpu",
+                "--model_dir", "models/igam", "--data.root", "data/c10", cwd=w)
+    return w, igam_args
+
+
+def test_every_step_writes_config_metrics_and_checkpoint(pipeline):
+    w, _ = pipeline
+    for name, kind, steps in (("src", "classifier", 4), ("teacher", "teacher", 4),
+                              ("igam", "igam", 6)):
+        d = w / "models" / name
+        assert (d / "config.yaml").is_file()
+        records = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records] == list(range(2, steps + 1, 2))
+        assert all(0.0 <= r["accuracy"] <= 1.0 for r in records)
+        ckpt = torch.load(d / "checkpoint.pt", weights_only=True)
+        assert ckpt["kind"] == kind and ckpt["step"] == steps
+        clean = json.loads((d / "eval_clean.json").read_text())
+        assert clean.get("n", clean.get("running_bn", {}).get("n")) in (16, 30)
+    lines = (w / "models/igam/metrics.jsonl").read_text().splitlines()
+    igam_metrics = [json.loads(x) for x in lines]
+    assert "disc_accuracy" in igam_metrics[-1] and "l2" in igam_metrics[-1]
+    assert "disc_accuracy" not in igam_metrics[0]  # step 2: still in the warm-up phase
+
+
+def test_teacher_reports_both_bn_modes_and_saves_gradients(pipeline):
+    w, _ = pipeline
+    res = json.loads((w / "models/teacher/eval_clean.json").read_text())
+    assert res["bn_recalibrated"] is True
+    assert {"batch_bn", "running_bn"} <= set(res)
+    g = np.load(w / "models/teacher/teacher_input_gradients_test.npy")
+    assert g.shape == (30, 32, 32, 3) and g.dtype == np.float32 and np.abs(g).sum() > 0
+    ckpt = load_checkpoint(w / "models/teacher")
+    assert ckpt["arch"]["upresize_to"] == 64 and ckpt["arch"]["standardization"] == "l2"
+
+
+def test_attack_files_and_evaluation(pipeline):
+    w, _ = pipeline
+    x_nat = None
+    for attack in ("fgsm", "pgds5"):
+        adv = np.load(w / f"attacks/igam_{attack}_attack.npy")
+        assert adv.shape == (30, 32, 32, 3) and adv.dtype == np.float32
+        assert adv.min() >= 0 and adv.max() <= 255
+        res = json.loads((w / f"models/igam/eval_{attack}.json").read_text())
+        assert res["n"] == 30 and 0 <= res["adv_accuracy"] <= 1
+        assert (w / f"models/igam/eval_{attack}.txt").read_text().startswith("model:")
+        assert np.load(w / f"models/igam/pred_{attack}.npy").shape == (30,)
+        if x_nat is None:
+            from igam.data import load_cifar10
+
+            x_nat = load_cifar10(w / "data/c10")[1].images.astype(np.float32)
+        assert np.abs(adv - x_nat).max() <= 8.0 + 1e-4
+    fgsm = np.load(w / "attacks/igam_fgsm_attack.npy")
+    moved = np.abs(fgsm - x_nat)
+    assert np.isclose(moved[(x_nat > 8) & (x_nat < 247)], 8.0).mean() > 0.95  # FGSM: +-eps
+
+
+def test_resume_continues_exactly(pipeline):
+    """An interrupted run resumed from its checkpoint ends where the uninterrupted one did."""
+    w, igam_args = pipeline
+    run("train_igam.py", *igam_args, "--model_dir", "models/igam_part", "--train.steps", "3",
+        cwd=w)
+    run("train_igam.py", *igam_args, "--model_dir", "models/igam_part", "--train.steps", "6",
+        "--resume", cwd=w)
+    full = load_checkpoint(w / "models/igam")
+    part = load_checkpoint(w / "models/igam_part")
+    assert part["step"] == 6
+    for key in ("model", "discriminator"):
+        for name, value in full[key].items():
+            torch.testing.assert_close(part[key][name], value, msg=f"{key}.{name}")
+    assert [json.loads(x)["step"] for x in
+            (w / "models/igam_part/metrics.jsonl").read_text().splitlines()] == [2, 3, 4, 6]
+
+
+def test_existing_run_is_not_clobbered(pipeline):
+    w, igam_args = pipeline
+    proc = run("train_igam.py", *igam_args, "--model_dir", "models/igam", "--train.steps", "6",
+               cwd=w, check=False)
+    assert proc.returncode == 2
+    assert "already holds a run" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("case", ["no_dataset", "wrong_arch", "corrupt_ckpt", "bad_key",
+                                  "adv_shape", "adv_range", "adv_eps"])
+def test_bad_input_gives_one_line_error(pipeline, case, tmp_path):
+    w, igam_args = pipeline
+    attack_cfg = str(REPO / "configs/attack_pgds5.yaml")
+    args = {"no_dataset": ("train_igam.py", *igam_args, "--data.root", "nowhere/c10",
+                           "--model_dir", str(tmp_path / "m")),
+            "wrong_arch": ("train_igam.py", *igam_args, "--teacher_dir", "models/igam",
+                           "--model_dir", str(tmp_path / "m")),
+            "corrupt_ckpt": ("run_attack.py", "--config", attack_cfg, "--model_dir",
+                             str(tmp_path / "bad"), "--data.root", "data/c10"),
+            "bad_key": ("train_igam.py", *igam_args, "--igam.betta", "1")}
+    if case == "corrupt_ckpt":
+        (tmp_path / "bad").mkdir()
+        data = (w / "models/igam/checkpoint.pt").read_bytes()
+        (tmp_path / "bad/checkpoint.pt").write_bytes(data[: len(data) // 2])
+    expect = {"no_dataset": "nowhere", "wrong_arch": "teacher", "corrupt_ckpt": "checkpoint",
+              "bad_key": "did you mean 'igam.beta'", "adv_shape": "shape",
+              "adv_range": "[0, 255]", "adv_eps": "eps"}[case]
+    if case.startswith("adv_"):
+        adv = np.load(w / "attacks/igam_pgds5_attack.npy")
+        if case == "adv_shape":
+            adv = adv[:10]
+        elif case == "adv_range":
+            adv = adv.copy()
+            adv[0, 0, 0, 0] = 300.0
+        else:
+            adv = np.clip(adv + 9.0, 0, 255)
+        np.save(tmp_path / "adv.npy", adv)
+        args[case] = ("run_attack.py", "--config", attack_cfg, "--model_dir", "models/igam",
+                      "--data.root", "data/c10", "--attack_path", str(tmp_path / "adv.npy"))
+    proc = run(*args[case], cwd=w, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and expect in lines[-1], lines[-1]
+    assert "Traceback" not in proc.stderr
+
+
+def test_real_data_pipeline(shared_data, tmp_path):
+    """TinyImageNet -> CIFAR-10 on the real subsets: a few steps of every training script,
+    files and numbers produced."""
+    w = tmp_path
+    run("train_advtrain_tinyimagenet.py", "--config",
+        str(REPO / "configs/advtrain_tinyimagenet.yaml"), *FAST, *TINY,
+        "--data.root", str(shared_data / "tiny-imagenet-200"), "--model_dir", "models/src",
+        "--train.steps", "2", "--train.batch_size", "8", "--attack.steps", "1",
+        "--eval.num_examples", "50", cwd=w)
+    run("finetune_teacher.py", "--config",
+        str(REPO / "configs/finetune_tinyimagenet_to_cifar10.yaml"), *FAST,
+        "--data.root", str(shared_data / "cifar-10-batches-py"), "--source_model_dir",
+        "models/src", "--model_dir", "models/teacher", "--finetune.steps", "2",
+        "--finetune.batch_size", "8", "--eval.num_examples", "50", cwd=w)
+    run("train_igam.py", "--config", str(REPO / "configs/igam_tinyimagenet_to_cifar10.yaml"),
+        *FAST, *STUDENT, "--data.root", str(shared_data / "cifar-10-batches-py"),
+        "--teacher_dir", "models/teacher", "--model_dir", "models/igam", "--train.steps", "2",
+        "--train.batch_size", "8", "--igam.steps_before_adv_opt", "1",
+        "--eval.num_examples", "50", cwd=w)
+    src = json.loads((w / "models/src/eval_clean.json").read_text())
+    assert src["n"] == 50
+    ckpt = load_checkpoint(w / "models/src")
+    assert ckpt["model"]["fc.weight"].shape == (200, 16)  # 200 TinyImageNet classes
+    res = json.loads((w / "models/igam/eval_clean.json").read_text())
+    assert res["n"] == 50 and 0.0 <= res["accuracy"] <= 1.0
+    assert load_checkpoint(w / "models/igam")["step"] == 2
