@@ -1,6 +1,59 @@
 """igam-pytorch: a PyTorch port of IGAM (Chan, Tay, Ong, CVPR 2020; arXiv 1912.05699).
 
-(Public API listing: filled in as the package grows.)
+"What it Thinks is Important is Important: Robustness Transfers through Input Gradients".
+Conventions everywhere: images are float tensors NCHW with pixels in [0, 255] (eps = 8 and
+step = 2 are on that scale); labels are int64 (B,); every function keeps tensors on the device
+of its inputs. Files keep the original's formats (adversarial examples: float32 NHWC .npy).
+
+Public API (import from the submodules):
+
+igam.models
+    WideResNet(num_classes, widths=(16,160,320,640), units_per_stage=5,
+               standardization='zero_mean_l2')       x (B,3,H,W) [0,255] -> logits (B,K);
+                                                      .features(x) -> (B, widths[3])
+    Teacher(source, num_target_classes, upresize_to=None, standardization=None, bn='batch')
+                                                      forward: target logits; .source_logits(x)
+    InputGradientDiscriminator(image_size=32, num_conv_layers=5, base_channels=16,
+               only_fully_connected=False, num_fc_layers=3, avg_pool=False)
+                                                      (g_s, g_t) each (B,3,S,S) -> (2B,2) logits
+    build_model(arch) -> nn.Module                    rebuild from a checkpoint's ``arch`` dict
+igam.ops
+    lrelu, l2_normalize, standardize(x, 'per_image'|'zero_mean_l2'|'l2'), Conv2dSame,
+    upresize(x (B,C,H,W), size) -> (B,C,size,size)   TF1 legacy bilinear, differentiable
+    BatchNorm2d / BatchNorm1d (eps 1e-3, momentum 0.1, ``stats`` switch), set_bn_stats
+igam.gradients
+    input_gradient(model, x, y, create_graph=False) -> (B,3,H,W)   d sum softmax[y] / dx
+igam.objective
+    student_loss(student, discriminator, x, y, g_teacher, beta, gamma) -> dict of tensors
+    IGAMSettings(...), IGAMTrainer(student, teacher, discriminator, settings).step(x, y)
+igam.training
+    ClassifierTrainer(model, lr_schedule, momentum, weight_decay, attack=None).step(x, y)
+    HeadFinetuner(teacher, lr=1e-3, whole_model=False).step(x, y)
+    evaluate(model, batches, attack=None, bn_mode='eval') -> {"accuracy", "correct", "n",
+                                                              "predictions" (N,)}
+    recalibrate_bn(model, batches)
+igam.optim
+    sgd(module, lr, momentum, weight_decay)   weight decay on conv/FC weights only
+    PiecewiseConstant(schedule)(step) -> lr   tf.train.piecewise_constant semantics
+igam.attacks
+    PGD(model, eps=8, step_size=2, steps=10, random_start=True, loss='xent', restarts=1)
+    FGSM(model, eps=8), PGDL2(model, eps, step_size, steps, ...), make_attack(cfg, model)
+                                              attack(x (B,3,H,W) [0,255], y) -> x_adv, detached
+igam.data
+    load_dataset('cifar10'|'cifar100'|'tinyimagenet', root) -> (train, test) ArrayDataset
+                                              .images uint8 (N,H,W,3) NHWC, .labels int64 (N,)
+    TrainBatches(dataset, batch_size, device, seed, augment=True, rank=0, world_size=1)
+                                              iterator of (x float (B,3,H,W) [0,255], y (B,))
+    eval_batches(dataset, batch_size, device), augment_batch(x)
+    igam.data.synthetic: write_synthetic_cifar10 / _cifar100 / _tinyimagenet (official formats)
+igam.tfcheckpoint / igam.convert
+    read_tf_checkpoint(path) -> {name: np.ndarray}; model_from_tf(variables, arch) -> nn.Module
+igam.config / igam.checkpoint / igam.runtime / igam.engine
+    load_config(defaults, argv, choices), save_checkpoint / load_checkpoint (atomic,
+    weights_only), seed_everything, resolve_device, MetricsLogger, engine.fit / Checkpointer
+igam.errors
+    IGAMError and its kinds (DataError, ConfigError, CheckpointError, AttackFileError):
+    one-line messages for bad input; entry scripts print them as ``error: ...`` (exit 2).
 """
 
 __version__ = "0.1.0"
