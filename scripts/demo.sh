@@ -24,7 +24,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 # 2. synthetic datasets in the official on-disk formats
 NCLS=${DEMO_CLASSES:-10}
 $PY -m igam.data.synthetic --dataset tinyimagenet --out "$DATA/tiny-imagenet-200" \
-  --num_classes "$NCLS" --n_train_per_class ${DEMO_SRC_PER_CLASS:-100} --n_val_per_class 20 --seed 1
+  --num_classes "$NCLS" --n_train_per_class ${DEMO_SRC_PER_CLASS:-100} --n_val_per_class ${DEMO_SRC_VAL:-20} --seed 1
 $PY -m igam.data.synthetic --dataset cifar10 --out "$DATA/cifar10" \
   --n_train ${DEMO_TGT_TRAIN:-1000} --n_test ${DEMO_TGT_TEST:-500} --seed 2
 
