@@ -390,7 +390,7 @@ class FGSM(Attack):
         return (x_nat + self.eps * grad.sign()).clamp(PIXEL_MIN, PIXEL_MAX)
 
 
-class PGDL2(Attack):
+class PGDL2(PGD):
     r"""L2 PGD in 'Towards Deep Learning Models Resistant to Adversarial Attacks'
     (Madry et al., ICLR 2018) [https://arxiv.org/abs/1706.06083].
 
@@ -425,26 +425,6 @@ class PGDL2(Attack):
         >>> attack = PGDL2(model, eps=127.5, step_size=31.875, steps=20)
         >>> x_adv = attack(x, y)
     """
-
-    def __init__(self, model: nn.Module, eps: float = 8.0, step_size: float = 2.0,
-                 steps: int = 10, random_start: bool = True, loss: str = "xent",
-                 restarts: int = 1, bn_mode: Optional[str] = None,
-                 generator: Optional[torch.Generator] = None,
-                 autocast_dtype: Optional[torch.dtype] = None, keep_buffers: bool = True):
-        super().__init__(model, bn_mode=bn_mode, autocast_dtype=autocast_dtype,
-                         keep_buffers=keep_buffers)
-        self.eps = _check_number("eps", eps)
-        self.step_size = _check_number("step_size", step_size)
-        self.steps = _check_int("steps", steps, 0)
-        self.random_start = _check_bool("random_start", random_start)
-        self.loss = _check_loss(loss)
-        self.restarts = _check_int("restarts", restarts, 1)
-        self.generator = generator
-
-    def _config(self) -> dict:
-        return {"eps": self.eps, "step_size": self.step_size, "steps": self.steps,
-                "random_start": self.random_start, "loss": self.loss,
-                "restarts": self.restarts, "bn_mode": self.bn_mode}
 
     def _project(self, x: torch.Tensor, x_nat: torch.Tensor) -> torch.Tensor:
         """Project x onto the per-example L2 ball of radius eps around x_nat, then [0, 255]."""
