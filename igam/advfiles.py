@@ -22,8 +22,11 @@ EPS_TOL = 1e-4
 
 def attack_file_path(out_dir: str | os.PathLike, model_name: str, attack_name: str | None,
                      dataset: str, norm: str = "linf") -> Path:
-    """Where the original stored the adversarial examples of ``model_name``."""
-    suffix = "attack.npy" if dataset != "cifar100" else "c100attack.npy"
+    """Where the original stored the adversarial examples of ``model_name``.
+
+    ``dataset``: 'cifar10' / 'cifar100' / 'tinyimagenet', or a split name like 'cifar100/test'.
+    """
+    suffix = "c100attack.npy" if dataset.split("/")[0] == "cifar100" else "attack.npy"
     if norm == "l2":
         suffix = suffix.replace("attack.npy", "l2attack.npy")
     stem = f"{model_name}_{attack_name}_" if attack_name else f"{model_name}_"

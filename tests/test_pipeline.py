@@ -209,3 +209,63 @@ def test_real_data_pipeline(shared_data, tmp_path):
     res = json.loads((w / "models/igam/eval_clean.json").read_text())
     assert res["n"] == 50 and 0.0 <= res["accuracy"] <= 1.0
     assert load_checkpoint(w / "models/igam")["step"] == 2
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(pipeline):
+    """SIGKILL mid-run, then --resume: the run loses at most the steps since its last
+    checkpoint and ends exactly where an uninterrupted run ends."""
+    import signal
+
+    w, igam_args = pipeline
+    args = [*igam_args, "--train.steps", "12", "--log_every", "1"]
+    run("train_igam.py", *args, "--model_dir", "models/igam12", cwd=w)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, str(REPO / "train_igam.py"), *args,
+                             "--model_dir", "models/igam_killed"], cwd=w, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if line.startswith("step 4:"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    saved = load_checkpoint(w / "models/igam_killed")["step"]
+    assert saved in (3, 6, 9) and saved < 12  # checkpoint_every 3; killed before the end
+    run("train_igam.py", *args, "--model_dir", "models/igam_killed", "--resume", cwd=w)
+    full = load_checkpoint(w / "models/igam12")
+    resumed = load_checkpoint(w / "models/igam_killed")
+    assert resumed["step"] == 12
+    for key in ("model", "discriminator"):
+        for name, value in full[key].items():
+            torch.testing.assert_close(resumed[key][name], value, msg=f"{key}.{name}")
+    steps = [json.loads(x)["step"] for x in
+             (w / "models/igam_killed/metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))  # records after the checkpoint were redone, once
+
+
+def test_converted_tf_checkpoints_run_in_the_pipeline(tmp_path):
+    """python -m igam.convert output is accepted by finetune_teacher.py, train_igam.py,
+    pgd_attack.py and run_attack.py like one of their own (CIFAR-10 -> CIFAR-100 route)."""
+    w = tmp_path
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    fixtures = REPO / "tests/fixtures/tf"
+    for name, arch in (("madry_f32", "madry"), ("madry_teacher_f32", "madry_teacher")):
+        subprocess.run([sys.executable, "-m", "igam.convert", "--tf_checkpoint",
+                        str(fixtures / name), "--arch", arch, "--out", str(w / "models" / arch)],
+                       check=True, env=env, capture_output=True)
+    synth("cifar100", w / "data/c100", "--n_train", "200", "--n_test", "20")
+    c100 = ["--data.dataset", "cifar100", "--data.root", "data/c100"]
+    run("finetune_teacher.py", "--config", str(REPO / "configs/finetune_cifar10_to_cifar100.yaml"),
+        *FAST, *c100, "--source_model_dir", "models/madry", "--model_dir", "models/t100",
+        "--finetune.steps", "2", "--finetune.batch_size", "8", cwd=w)
+    assert load_checkpoint(w / "models/t100")["arch"]["source"]["standardization"] == "per_image"
+    run("train_igam.py", "--config", str(REPO / "configs/igam_cifar10_to_cifar100.yaml"), *FAST,
+        *STUDENT, *c100, "--teacher_dir", "models/madry_teacher", "--model_dir", "models/s100",
+        "--train.steps", "2", "--train.batch_size", "8", "--igam.steps_before_adv_opt", "1",
+        "--discriminator.num_conv_layers", "2", cwd=w)
+    for script in ("pgd_attack.py", "run_attack.py"):
+        run(script, "--config", str(REPO / "configs/attack_pgds5.yaml"), "--device", "cpu",
+            *c100, "--model_dir", "models/madry_teacher", cwd=w)
+    assert np.load(w / "attacks/madry_teacher_pgds5_c100attack.npy").shape == (20, 32, 32, 3)
+    res = json.loads((w / "models/madry_teacher/eval_pgds5.json").read_text())
+    assert res["n"] == 20 and res["dataset"] == "cifar100/test"
