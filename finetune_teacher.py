@@ -10,6 +10,7 @@ re-estimated on the target training data, so that eval-mode evaluation of the te
 features its head was trained on; clean accuracy is reported in both BN modes.
 
     python finetune_teacher.py --config configs/finetune_tinyimagenet_to_cifar10.yaml
+    torchrun --nproc_per_node 4 finetune_teacher.py --config ...   # 4 GPUs (DDP)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
-from igam import engine, schemas
+from igam import distributed, engine, schemas
 from igam.config import load_config
 from igam.data import TrainBatches, eval_batches, load_dataset
 from igam.errors import CheckpointError
@@ -42,19 +43,23 @@ def save_input_gradients(teacher, dataset, batch_size, device, path):
 def main(argv=None):
     cfg = load_config(schemas.FINETUNE, argv, schemas.FINETUNE_CHOICES,
                       prog="finetune_teacher.py", description=__doc__)
-    device = engine.setup(cfg)
-    train, test = load_dataset(cfg["data"]["dataset"], cfg["data"]["root"])
+    device = engine.setup(cfg, data_parallel=True)
+    with distributed.main_first():  # rank 0 may write the decode cache
+        train, test = load_dataset(cfg["data"]["dataset"], cfg["data"]["root"])
     source, _ = engine.load_model(cfg["source_model_dir"], device, ("classifier",))
     if not isinstance(source, WideResNet):
         raise CheckpointError(f"{cfg['source_model_dir']} does not hold a source classifier")
-    run = prepare_run_dir(cfg["model_dir"], cfg, cfg["resume"], cfg["overwrite"])
+    run = distributed.on_main(prepare_run_dir, cfg["model_dir"], cfg, cfg["resume"],
+                              cfg["overwrite"])
+    info = distributed.info()
 
     tc, f = cfg["teacher"], cfg["finetune"]
     std = None if tc["standardization"] == "source" else tc["standardization"]
     teacher = Teacher(source, train.num_classes, tc["upresize_to"] or None, std,
                       tc["bn"]).to(device)
-    finetuner = HeadFinetuner(teacher, f["lr"], f["whole_model"])
-    batches = TrainBatches(train, f["batch_size"], device, cfg["seed"], f["augment"])
+    finetuner = HeadFinetuner(teacher, f["lr"], f["whole_model"], wrap=distributed.wrap)
+    batches = TrainBatches(train, f["batch_size"], device, cfg["seed"], f["augment"],
+                           info.rank, info.world_size)
     ckpt = engine.Checkpointer(run.path, "teacher", cfg, teacher, finetuner, batches)
     ckpt.info["bn_recalibrated"] = False
     start = ckpt.restore(run.resume_from) if run.resume_from else 0
@@ -64,7 +69,7 @@ def main(argv=None):
             x = random_pert(x, f["eps"])
         return finetuner.step(x, y)
 
-    logger = MetricsLogger(run.path, truncate_after=start)
+    logger = MetricsLogger(run.path, truncate_after=start) if info.is_main else None
     engine.fit(step, batches, start, f["steps"], ckpt, logger, cfg["log_every"],
                cfg["checkpoint_every"], desc="finetune teacher head")
 
@@ -73,7 +78,9 @@ def main(argv=None):
     teacher.set_bn("batch")
     results["batch_bn"] = engine.clean_accuracy(teacher, test, ev, device, "eval (batch BN)")
     if f["recalibrate_bn"] and tc["bn"] == "batch":
-        recalibrate_bn(teacher, eval_batches(train, f["batch_size"], device))
+        shard = train.subset(engine.shard_batches(len(train), f["batch_size"], info.rank,
+                                                  info.world_size)) if info.enabled else train
+        recalibrate_bn(teacher, eval_batches(shard, f["batch_size"], device))
         ckpt.info["bn_recalibrated"] = True
         ckpt.save(f["steps"])
     teacher.set_bn(None)
@@ -82,6 +89,8 @@ def main(argv=None):
     summary = {k: {kk: vv for kk, vv in v.items() if kk != "predictions"}
                for k, v in results.items()}
     summary["bn_recalibrated"] = ckpt.info["bn_recalibrated"]
+    if not info.is_main:
+        return  # rank 0 writes the files
     logger.write_json("eval_clean.json", summary)
     if f["save_input_gradients"]:
         for name, data in (("train", train), ("test", test)):
@@ -94,4 +103,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(distributed.entry(main))

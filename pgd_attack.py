@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from igam import engine, schemas
+from igam import engine, precision, schemas
 from igam.advfiles import attack_file_path, save_adversarial
 from igam.attacks import make_attack
 from igam.config import load_config
@@ -36,7 +36,9 @@ def main(argv=None):
     engine.check_classes(model, test, cfg["model_dir"])
     a = dict(cfg["attack"])
     norm = "l2" if a["method"] == "pgd_l2" else "linf"
-    attack = make_attack(a, model, bn_mode=cfg["eval"]["bn_mode"])
+    prec = precision.from_config(cfg["precision"])  # bf16 / channels_last / compile: opt-in
+    fast = precision.compiled(precision.wrap(model, prec), prec)
+    attack = make_attack(a, fast, bn_mode=cfg["eval"]["bn_mode"])
     name = Path(cfg["model_dir"]).resolve().name
     path = Path(cfg["attack_path"]) if cfg["attack_path"] else attack_file_path(
         cfg["attack_dir"], name, cfg["attack_name"], test.name, norm)
@@ -48,10 +50,11 @@ def main(argv=None):
         adv.append(attack(x, y).permute(0, 2, 3, 1).cpu())
     x_adv = torch.cat(adv).numpy().astype(np.float32)
     save_adversarial(path, x_adv)
-    write_json(path.with_suffix(".json"), {"model_dir": str(cfg["model_dir"]),
-                                           "dataset": test.name, "n": len(test), "attack": a,
-                                           "bn_mode": cfg["eval"]["bn_mode"],
-                                           "seed": cfg["seed"]})
+    meta = {"model_dir": str(cfg["model_dir"]), "dataset": test.name, "n": len(test),
+            "attack": a, "bn_mode": cfg["eval"]["bn_mode"], "seed": cfg["seed"]}
+    if not prec.is_default:
+        meta["precision"] = cfg["precision"]
+    write_json(path.with_suffix(".json"), meta)
     print(f"stored {len(x_adv)} adversarial examples in {path}")
 
 

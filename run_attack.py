@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from igam import engine, schemas
+from igam import engine, precision, schemas
 from igam.advfiles import adversarial_batches, attack_file_path, load_adversarial
 from igam.config import load_config
 from igam.data import eval_batches, load_dataset
@@ -38,6 +38,8 @@ def main(argv=None):
     path = Path(cfg["attack_path"]) if cfg["attack_path"] else attack_file_path(
         cfg["attack_dir"], name, cfg["attack_name"], test.name, norm)
     x_adv = load_adversarial(path, test.images, eps, norm)
+    prec = precision.from_config(cfg["precision"])  # bf16 / channels_last / compile: opt-in
+    model = precision.compiled(precision.wrap(model, prec), prec)
     bs, bn = cfg["eval"]["batch_size"], cfg["eval"]["bn_mode"]
     nb = -(-len(test) // bs)
     adv = evaluate(model, adversarial_batches(x_adv, test.labels, bs, device), bn_mode=bn,

@@ -6,11 +6,15 @@ mode and takes one SGD step on their cross-entropy. TinyImageNet by default; wit
 ``--data.dataset cifar10`` it trains a Madry-style CIFAR-10 teacher.
 
     python train_advtrain_tinyimagenet.py --config configs/advtrain_tinyimagenet.yaml
+    torchrun --nproc_per_node 4 train_advtrain_tinyimagenet.py --config ...  # 4 GPUs (DDP)
+
+Options ``precision.autocast bf16`` / ``precision.channels_last`` speed up the PGD and
+training forward passes; ``precision.compile`` compiles the attack's and evaluation's forward.
 """
 
 from __future__ import annotations
 
-from igam import engine, schemas
+from igam import distributed, engine, precision, schemas
 from igam.attacks import PGD
 from igam.config import load_config
 from igam.data import TrainBatches, load_dataset
@@ -22,31 +26,41 @@ from igam.training import ClassifierTrainer
 def main(argv=None):
     cfg = load_config(schemas.ADVTRAIN, argv, schemas.ADVTRAIN_CHOICES,
                       prog="train_advtrain_tinyimagenet.py", description=__doc__)
-    device = engine.setup(cfg)
-    train, test = load_dataset(cfg["data"]["dataset"], cfg["data"]["root"])
-    run = prepare_run_dir(cfg["model_dir"], cfg, cfg["resume"], cfg["overwrite"])
+    device = engine.setup(cfg, data_parallel=True)
+    with distributed.main_first():  # rank 0 may write the decode cache
+        train, test = load_dataset(cfg["data"]["dataset"], cfg["data"]["root"])
+    run = distributed.on_main(prepare_run_dir, cfg["model_dir"], cfg, cfg["resume"],
+                              cfg["overwrite"])
+    info = distributed.info()
 
     m, t, a = cfg["model"], cfg["train"], cfg["attack"]
     model = WideResNet(train.num_classes, m["widths"], m["units_per_stage"],
                        m["standardization"]).to(device)
+    prec = precision.from_config(cfg["precision"])
+    net = precision.wrap(model, prec)  # autocast / channels_last forward (model if off)
+    fast = precision.compiled(net, prec)  # attack and evaluation forward
     # keep_buffers=False: like the original's TF batch norm, the PGD forward passes in train
-    # mode also update the BN running averages.
-    attack = PGD(model, a["eps"], a["step_size"], a["steps"], a["random_start"], a["loss"],
+    # mode also update the BN running averages. The attack uses the model without its DDP
+    # wrapper: its input gradients are not synchronised.
+    attack = PGD(fast, a["eps"], a["step_size"], a["steps"], a["random_start"], a["loss"],
                  keep_buffers=False)
-    trainer = ClassifierTrainer(model, t["lr_schedule"], t["momentum"], t["weight_decay"],
-                                attack, t["steps_before_adv_training"])
-    batches = TrainBatches(train, t["batch_size"], device, cfg["seed"], t["augment"])
+    trainer = ClassifierTrainer(distributed.wrap(net), t["lr_schedule"], t["momentum"],
+                                t["weight_decay"], attack, t["steps_before_adv_training"])
+    batches = TrainBatches(train, t["batch_size"], device, cfg["seed"], t["augment"],
+                           info.rank, info.world_size)
     ckpt = engine.Checkpointer(run.path, "classifier", cfg, model, trainer, batches)
     start = ckpt.restore(run.resume_from) if run.resume_from else 0
 
-    logger = MetricsLogger(run.path, truncate_after=start)
+    logger = MetricsLogger(run.path, truncate_after=start) if info.is_main else None
     engine.fit(trainer.step, batches, start, t["steps"], ckpt, logger, cfg["log_every"],
                cfg["checkpoint_every"], desc="adversarial training")
-    res = engine.clean_accuracy(model, test, cfg["eval"], device)
-    logger.write_json("eval_clean.json", {k: v for k, v in res.items() if k != "predictions"})
-    print(f"clean accuracy on {test.name}: {100 * res['accuracy']:.2f}% "
-          f"({res['correct']}/{res['n']}); model saved in {run.path}")
+    res = engine.clean_accuracy(fast, test, cfg["eval"], device)
+    if info.is_main:
+        logger.write_json("eval_clean.json",
+                          {k: v for k, v in res.items() if k != "predictions"})
+        print(f"clean accuracy on {test.name}: {100 * res['accuracy']:.2f}% "
+              f"({res['correct']}/{res['n']}); model saved in {run.path}")
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(distributed.entry(main))

@@ -7,13 +7,22 @@ tell its input gradients from the frozen teacher's. The first ``igam.steps_befor
 steps are plain classification training.
 
     python train_igam.py --config configs/igam_tinyimagenet_to_cifar10.yaml
+    torchrun --nproc_per_node 4 train_igam.py --config ...   # 4 GPUs (DDP)
+
+Data parallel: the student and the discriminator each have their own DistributedDataParallel
+wrapper; the frozen teacher has none. The student's input gradient is taken with
+``torch.autograd.grad(create_graph=True)`` (no all-reduce); only the ordinary ``backward`` of
+each loss averages gradients over ranks. The L2 term is a sum over each rank's batch, so the
+average over ranks is the mean of per-rank sums (with N ranks, gamma * N keeps the paper's
+per-sample weight of a global batch of N * batch_size). No SyncBatchNorm (no double backward),
+no bf16 / torch.compile (double backward).
 """
 
 from __future__ import annotations
 
 import torch
 
-from igam import engine, schemas
+from igam import distributed, engine, schemas
 from igam.config import load_config
 from igam.data import TrainBatches, load_dataset
 from igam.models import InputGradientDiscriminator, WideResNet
@@ -24,11 +33,14 @@ from igam.runtime import MetricsLogger, prepare_run_dir, run_main
 def main(argv=None):
     cfg = load_config(schemas.IGAM, argv, schemas.IGAM_CHOICES, prog="train_igam.py",
                       description=__doc__)
-    device = engine.setup(cfg)
-    train, test = load_dataset(cfg["data"]["dataset"], cfg["data"]["root"])
+    device = engine.setup(cfg, data_parallel=True)
+    with distributed.main_first():  # rank 0 may write the decode cache
+        train, test = load_dataset(cfg["data"]["dataset"], cfg["data"]["root"])
     teacher = engine.load_teacher(cfg["teacher_dir"], device, cfg["teacher_bn"])
     engine.check_classes(teacher, train, cfg["teacher_dir"])
-    run = prepare_run_dir(cfg["model_dir"], cfg, cfg["resume"], cfg["overwrite"])
+    run = distributed.on_main(prepare_run_dir, cfg["model_dir"], cfg, cfg["resume"],
+                              cfg["overwrite"])
+    info = distributed.info()
 
     s, d, g, t = cfg["student"], cfg["discriminator"], cfg["igam"], cfg["train"]
     student = WideResNet(train.num_classes, s["widths"], s["units_per_stage"],
@@ -42,21 +54,25 @@ def main(argv=None):
                             steps_before_adv_opt=g["steps_before_adv_opt"],
                             img_random_pert=g["img_random_pert"], eps=g["eps"],
                             same_optimizer=g["same_optimizer"])
-    generator = torch.Generator(device=device).manual_seed(cfg["seed"])
-    trainer = IGAMTrainer(student, teacher, disc, settings, generator)
-    batches = TrainBatches(train, t["batch_size"], device, cfg["seed"], t["augment"])
+    generator = torch.Generator(device=device).manual_seed(distributed.rank_seed(cfg["seed"]))
+    trainer = IGAMTrainer(distributed.wrap(student), teacher, distributed.wrap(disc), settings,
+                          generator)
+    batches = TrainBatches(train, t["batch_size"], device, cfg["seed"], t["augment"],
+                           info.rank, info.world_size)
     ckpt = engine.Checkpointer(run.path, "igam", cfg, student, trainer, batches,
                                extras={"discriminator": disc})
     start = ckpt.restore(run.resume_from) if run.resume_from else 0
 
-    logger = MetricsLogger(run.path, truncate_after=start)
+    logger = MetricsLogger(run.path, truncate_after=start) if info.is_main else None
     engine.fit(trainer.step, batches, start, t["steps"], ckpt, logger, cfg["log_every"],
                cfg["checkpoint_every"], desc="IGAM")
     res = engine.clean_accuracy(student, test, cfg["eval"], device)
-    logger.write_json("eval_clean.json", {k: v for k, v in res.items() if k != "predictions"})
-    print(f"student clean accuracy on {test.name}: {100 * res['accuracy']:.2f}% "
-          f"({res['correct']}/{res['n']}); model saved in {run.path}")
+    if info.is_main:
+        logger.write_json("eval_clean.json",
+                          {k: v for k, v in res.items() if k != "predictions"})
+        print(f"student clean accuracy on {test.name}: {100 * res['accuracy']:.2f}% "
+              f"({res['correct']}/{res['n']}); model saved in {run.path}")
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(distributed.entry(main))

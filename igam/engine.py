@@ -12,10 +12,12 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from igam import distributed
 from igam.checkpoint import (
     check_format,
     checkpoint_path,
@@ -25,11 +27,11 @@ from igam.checkpoint import (
     save_checkpoint,
 )
 from igam.data import eval_batches
+from igam.distributed import unwrap
 from igam.errors import CheckpointError, ConfigError
 from igam.models import Teacher, build_model
 from igam.runtime import (
     MetricsLogger,
-    resolve_device,
     rng_state,
     seed_everything,
     set_fidelity,
@@ -38,11 +40,24 @@ from igam.runtime import (
 from igam.training import evaluate
 
 
-def setup(cfg: Mapping[str, Any]) -> torch.device:
-    """Seed python/numpy/torch with ``cfg['seed']``, set the TF32 policy, pick the device."""
-    seed_everything(int(cfg["seed"]))
+def setup(cfg: Mapping[str, Any], data_parallel: bool = False) -> torch.device:
+    """Pick the device, seed python/numpy/torch, set the TF32 policy.
+
+    ``data_parallel``: the script supports torchrun; if launched by it (WORLD_SIZE > 1) join
+    the process group (``igam.distributed``), use ``cuda:LOCAL_RANK`` on CUDA, and seed each
+    rank with ``distributed.rank_seed(cfg['seed'])`` (rank 0: the seed itself). Scripts
+    without it refuse to run under torchrun. Returns this process's device.
+    """
+    if not data_parallel and distributed.env_world_size() > 1:
+        raise ConfigError("this script runs in a single process; launch it with python, "
+                          "not torchrun")
+    info, device = distributed.init(cfg["device"])
+    seed_everything(distributed.rank_seed(int(cfg["seed"]), info.rank))
     set_fidelity(bool(cfg.get("allow_tf32", False)))
-    return resolve_device(cfg["device"])
+    if info.enabled and info.is_main:
+        print(f"data parallel: {info.world_size} processes ({info.backend}, {device.type}); "
+              "batch_size is per process", flush=True)
+    return device
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu",
@@ -110,20 +125,36 @@ class Checkpointer:
     Checkpoint entries: ``arch`` / ``model`` of the main model, optional extra modules (e.g.
     ``discriminator`` with ``discriminator_arch``), ``trainer`` (optimisers, step counters),
     ``sampler`` (batch order and position), ``rng`` (python/numpy/torch states), ``config``.
-    Written atomically to ``<run_dir>/checkpoint.pt``; only rank 0 writes (``enabled``).
+    Written atomically to ``<run_dir>/checkpoint.pt``; only rank 0 writes (``enabled``,
+    default: rank 0).
+
+    Data parallel: :meth:`save` is collective (every rank calls it): each rank's RNG states
+    (global and the trainer's ``generator``) are gathered into ``rank_states`` and on
+    :meth:`restore` each rank takes its own, so a resumed run continues exactly. Everything
+    else (model, optimisers, sampler) is identical on every rank and comes from rank 0.
     """
 
     def __init__(self, run_dir: Path, kind: str, config: Mapping[str, Any], model: nn.Module,
                  trainer=None, sampler=None, extras: Mapping[str, nn.Module] | None = None,
-                 enabled: bool = True):
+                 enabled: bool | None = None):
         self.path = Path(run_dir) / "checkpoint.pt"
         self.kind, self.config, self.model = kind, dict(config), model
         self.trainer, self.sampler, self.extras = trainer, sampler, dict(extras or {})
-        self.enabled = enabled
+        self.enabled = distributed.is_main() if enabled is None else enabled
         self.info: dict[str, Any] = {}
+
+    def _local_state(self) -> dict:
+        """This rank's random state: global RNGs and the trainer's own generator, if any."""
+        state = {"rng": rng_state()}
+        gen = getattr(self.trainer, "generator", None)
+        if gen is not None:
+            state["generator"] = gen.get_state()
+        return state
 
     def state(self, step: int) -> dict:
         extra: dict[str, Any] = {"rng": rng_state(), "config": self.config, **self.info}
+        if distributed.info().enabled:
+            extra["rank_states"] = distributed.all_gather_objects(self._local_state())
         if self.trainer is not None:
             extra["trainer"] = self.trainer.state_dict()
         if self.sampler is not None:
@@ -135,7 +166,12 @@ class Checkpointer:
         return make_checkpoint(self.kind, model.arch, model.state_dict(), step=step, **extra)
 
     def save(self, step: int) -> None:
-        if self.enabled:
+        """Write the checkpoint of ``step`` (rank 0); collective when data parallel."""
+        if distributed.info().enabled:
+            state = self.state(step)  # every rank takes part in gathering the RNG states
+            if self.enabled:
+                save_checkpoint(self.path, state)
+        elif self.enabled:
             save_checkpoint(self.path, self.state(step))
 
     def restore(self, path: Path) -> int:
@@ -154,15 +190,23 @@ class Checkpointer:
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{path} cannot resume this run: {exc}") from None
         restore_rng(ckpt)
+        self._restore_local(ckpt, path)
         self.info.update({k: ckpt[k] for k in self.info if k in ckpt})
         return int(ckpt["step"])
 
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel (or compile) wrapper, else itself."""
-    while hasattr(module, "module") and isinstance(module.module, nn.Module):
-        module = module.module
-    return getattr(module, "_orig_mod", module)
+    def _restore_local(self, ckpt: Mapping[str, Any], path: Path) -> None:
+        info = distributed.info()
+        states = ckpt.get("rank_states")
+        if not info.enabled or states is None:
+            return
+        if len(states) != info.world_size:
+            raise CheckpointError(f"{path} was written by {len(states)} processes; resume it "
+                                  f"with as many (this run has {info.world_size})")
+        mine = states[info.rank]
+        set_rng_state(mine["rng"])
+        gen = getattr(self.trainer, "generator", None)
+        if gen is not None and "generator" in mine:
+            gen.set_state(mine["generator"])
 
 
 def restore_rng(ckpt: Mapping[str, Any]) -> None:
@@ -177,28 +221,69 @@ def eval_subset(dataset, num_examples: int):
     return dataset
 
 
+def shard_batches(n: int, batch_size: int, rank: int, world_size: int) -> np.ndarray:
+    """Indices of the evaluation batches ``rank, rank + world_size, ...`` of ``n`` examples.
+
+    Each batch is exactly one of the single-process batches (the partial last one included),
+    so batch-statistics evaluation (``bn_mode: train``) is unchanged by sharding.
+    """
+    starts = range(rank * batch_size, n, world_size * batch_size)
+    parts = [np.arange(s, min(s + batch_size, n)) for s in starts]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
 def clean_accuracy(model: nn.Module, dataset, eval_cfg: Mapping[str, Any], device,
-                   desc: str = "eval", show: bool = True) -> dict:
+                   desc: str = "eval", show: bool | None = None) -> dict:
     """Clean accuracy of ``model`` on (a prefix of) ``dataset`` with the config's eval
-    settings (``batch_size``, ``bn_mode``, ``num_examples``)."""
+    settings (``batch_size``, ``bn_mode``, ``num_examples``).
+
+    Data parallel (collective): rank 0's parameters and buffers are broadcast first, each rank
+    evaluates every ``world_size``-th batch (:func:`shard_batches`), and the counts and
+    predictions are gathered, so every rank returns the single-process result.
+    """
     data = eval_subset(dataset, int(eval_cfg.get("num_examples", 0)))
-    batches = eval_batches(data, int(eval_cfg["batch_size"]), device)
-    nb = -(-len(data) // int(eval_cfg["batch_size"]))
-    res = evaluate(model, batches, bn_mode=eval_cfg["bn_mode"],
+    bs = int(eval_cfg["batch_size"])
+    info = distributed.info()
+    show = distributed.is_main() if show is None else show
+    if info.enabled:
+        distributed.broadcast_module(model)
+        idx = shard_batches(len(data), bs, info.rank, info.world_size)
+        shard = data.subset(idx)
+    else:
+        shard = data
+    nb = -(-len(shard) // bs)
+    res = evaluate(model, eval_batches(shard, bs, device), bn_mode=eval_cfg["bn_mode"],
                    progress=lambda it: tqdm(it, desc=desc, total=nb, disable=not show,
                                             leave=False))
-    return res
+    if not info.enabled:
+        return res
+    correct, n = distributed.all_reduce_sum([res["correct"], res["n"]])
+    preds = torch.zeros(len(data), dtype=torch.long)
+    for rank, p in enumerate(distributed.all_gather_objects(res["predictions"])):
+        preds[torch.from_numpy(shard_batches(len(data), bs, rank, info.world_size))] = p
+    return {"accuracy": correct / max(n, 1), "correct": int(correct), "n": int(n),
+            "predictions": preds}
 
 
 def fit(step_fn: Callable[[torch.Tensor, torch.Tensor], dict], batches: Iterator,
         start: int, total: int, checkpointer: Checkpointer, logger: MetricsLogger | None,
-        log_every: int, checkpoint_every: int, desc: str, show: bool = True) -> dict:
+        log_every: int, checkpoint_every: int, desc: str, show: bool | None = None) -> dict:
     """The training loop: ``step_fn(x, y)`` for steps ``start .. total-1``.
 
     Logs (tqdm postfix, a printed line, metrics.jsonl) every ``log_every`` steps and at the
     end; checkpoints every ``checkpoint_every`` steps and at the end, so an interrupted run
     loses at most the steps since the last checkpoint. Returns the last logged metrics.
+
+    Data parallel: every rank runs the loop; logged metrics are averaged over ranks (one
+    collective per log step); only rank 0 shows progress (``show`` default) and gets a
+    ``logger``; checkpoints are collective (:meth:`Checkpointer.save`).
     """
+    show = distributed.is_main() if show is None else show
+    info = distributed.info()
+    if info.enabled and show:
+        bs = getattr(batches, "batch_size", None)
+        if bs is not None:
+            tqdm.write(f"global batch {info.world_size} x {bs} = {info.world_size * bs}")
     last: dict = {}
     bar = tqdm(range(start, total), desc=desc, initial=start, total=total, disable=not show,
                dynamic_ncols=True)
@@ -208,7 +293,7 @@ def fit(step_fn: Callable[[torch.Tensor, torch.Tensor], dict], batches: Iterator
         metrics = step_fn(x, y)
         done = step + 1
         if done % log_every == 0 or done == total:
-            last = scalars(metrics)
+            last = distributed.mean_scalars(scalars(metrics))
             last["steps_per_s"] = (done - start) / max(time.time() - t0, 1e-9)
             if logger is not None:
                 logger.log(done, **last)

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from igam.distributed import unwrap
 from igam.gradients import input_gradient, input_gradient_from_logits
 from igam.optim import PiecewiseConstant, set_lr, sgd
 
@@ -105,6 +106,12 @@ class IGAMTrainer:
     optimiser is SGD on the same schedule (``same_optimizer``) - read at the incremented
     global step, as the original's shared ``learning_rate`` tensor - or Adam(1e-3).
 
+    Data parallel (``igam.distributed``): g_s is taken with ``torch.autograd.grad`` w.r.t. x
+    only, which fires no DDP hook; the student's ``backward(inputs=student params)`` fires the
+    student wrapper's all-reduce only, the discriminator's ordinary ``backward`` its own. The
+    update equals the average over ranks of each rank's gradient (tests/test_distributed.py).
+    The L2 term is a per-rank batch sum, so ranks average per-rank sums.
+
     Args:
         student, teacher, discriminator: modules (the student and discriminator may be
             DistributedDataParallel wrappers; the teacher is frozen and in its own BN mode).
@@ -142,8 +149,12 @@ class IGAMTrainer:
 
     def discriminator_step(self, x: torch.Tensor, y: torch.Tensor,
                            g_teacher: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One discriminator step; g_s is computed from the current student (train mode)."""
-        g_s = input_gradient(self.student, x, y, create_graph=False)
+        """One discriminator step; g_s is computed from the current student (train mode).
+
+        That forward and its gradient w.r.t. x only run through the bare student (not its
+        DDP wrapper): nothing of the student is to be synchronised there.
+        """
+        g_s = input_gradient(unwrap(self.student), x, y, create_graph=False)
         disc_xent, disc_acc = discriminator_xent(self.discriminator, g_s, g_teacher)
         if self.s.same_optimizer:
             set_lr(self.disc_opt, self.schedule(self.global_step))

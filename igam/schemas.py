@@ -30,6 +30,11 @@ _WRN = {"widths": [16, 160, 320, 640], "units_per_stage": 5,
 
 _EVAL = {"batch_size": 100, "bn_mode": "eval", "num_examples": 0}
 
+# Speed options (igam.precision); the defaults keep the faithful fp32 computation (SPEC 1).
+# Offered where only first-order gradients are taken: adversarial training, attacks, eval.
+_PRECISION = {"autocast": "none", "channels_last": False, "compile": False}
+_PRECISION_CHOICES = {"precision.autocast": ["none", "bf16"]}
+
 _STD = ["per_image", "zero_mean_l2", "l2"]
 _DATASETS = ["cifar10", "cifar100", "tinyimagenet"]
 
@@ -43,9 +48,11 @@ ADVTRAIN = {
     "attack": {"eps": 8.0, "step_size": 2.0, "steps": 7, "random_start": True,
                "loss": "xent"},
     "eval": dict(_EVAL),
+    "precision": dict(_PRECISION),  # PGD + training forward (autocast), attack/eval (compile)
 }
 ADVTRAIN_CHOICES = {"data.dataset": _DATASETS, "model.standardization": _STD,
-                    "attack.loss": ["xent", "cw"], "eval.bn_mode": ["eval", "train"]}
+                    "attack.loss": ["xent", "cw"], "eval.bn_mode": ["eval", "train"],
+                    **_PRECISION_CHOICES}
 
 FINETUNE = {
     **_RUNTIME, **_RUN,
@@ -90,8 +97,10 @@ ATTACK = {
     "attack_dir": "attacks",
     "attack_path": "",
     "eval": dict(_EVAL),
+    "precision": dict(_PRECISION),
 }
 """Shared by pgd_attack.py (writes the file) and run_attack.py (checks it against
 ``attack.eps`` / the method's norm and evaluates), as the original's config_attack.py."""
 ATTACK_CHOICES = {"data.dataset": _DATASETS, "attack.method": ["pgd", "fgsm", "pgd_l2"],
-                  "attack.loss": ["xent", "cw"], "eval.bn_mode": ["eval", "train"]}
+                  "attack.loss": ["xent", "cw"], "eval.bn_mode": ["eval", "train"],
+                  **_PRECISION_CHOICES}

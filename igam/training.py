@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from igam import distributed
 from igam.ops import set_bn_stats
 from igam.optim import PiecewiseConstant, set_lr, sgd
 
@@ -25,6 +26,11 @@ class ClassifierTrainer:
     batch by the attack's adversarial examples, crafted against the current model in train
     mode (as the original); then one SGD step on CE (+ weight decay on conv/FC weights) with
     the piecewise-constant learning rate of the global step.
+
+    Data parallel / precision: ``model`` may be a DistributedDataParallel and/or
+    ``igam.precision`` wrapper (the step's forward then runs e.g. under bf16 autocast, the loss
+    and backward stay fp32); give the attack the model without the DDP wrapper, since its
+    gradients w.r.t. the input are not to be synchronised.
 
     Args:
         model: classifier, (B, 3, H, W) in [0, 255] -> logits.
@@ -74,13 +80,16 @@ class HeadFinetuner:
 
     Loss: CE of the target head; no weight decay (the original's new head had none).
     The teacher's BatchNorm runs as its ``bn`` setting says ('batch' in the original).
+    ``wrap`` (e.g. ``igam.distributed.wrap``) is applied to the teacher after the source is
+    frozen, so that DistributedDataParallel synchronises only the trained parameters.
     """
 
-    def __init__(self, teacher: nn.Module, lr: float = 1e-3, whole_model: bool = False):
-        self.teacher = teacher
+    def __init__(self, teacher: nn.Module, lr: float = 1e-3, whole_model: bool = False,
+                 wrap=None):
         if not whole_model:
             teacher.freeze_source()
         params = [p for p in teacher.parameters() if p.requires_grad]
+        self.teacher = wrap(teacher) if wrap is not None else teacher
         self.optimizer = torch.optim.Adam(params, lr=lr)
         self.global_step = 0
 
@@ -149,6 +158,10 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, progress=None) -> int:
     features it never saw. The statistics are estimated in train mode with every ``stats``
     switch cleared; afterwards the switches are restored and the model is left in eval mode.
     Returns the number of batches used.
+
+    Data parallel: give each rank its own share of the batches (``igam.engine.shard_batches``);
+    the per-rank averages are then combined, weighted by their batch counts (collective), so
+    every rank ends with the average over all batches. Returns the total count.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     switches = {m: getattr(m, "stats", None) for m in bns}
@@ -162,6 +175,14 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, progress=None) -> int:
     for x, _ in (progress(batches) if progress else batches):
         model(x)
         count += 1
+    if distributed.info().enabled:
+        (total,) = distributed.all_reduce_sum([count])
+        for m in bns:
+            for buf in (m.running_mean, m.running_var):
+                buf.mul_(count / max(total, 1))
+                torch.distributed.all_reduce(buf)
+            m.num_batches_tracked.fill_(int(total))
+        count = int(total)
     for m in bns:
         m.momentum = momenta[m]
         if switches[m] is not None:
