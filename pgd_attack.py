@@ -19,10 +19,10 @@ import torch
 from tqdm import tqdm
 
 from igam import engine, precision, schemas
-from igam.advfiles import attack_file_path, save_adversarial
+from igam.advfiles import save_adversarial
 from igam.attacks import make_attack
 from igam.config import load_config
-from igam.data import eval_batches, load_dataset
+from igam.data import eval_batches
 from igam.runtime import run_main, write_json
 
 
@@ -30,18 +30,12 @@ def main(argv=None):
     cfg = load_config(schemas.ATTACK, argv, schemas.ATTACK_CHOICES, prog="pgd_attack.py",
                       description=__doc__)
     device = engine.setup(cfg)
-    model, _ = engine.load_classifier(cfg["model_dir"], device)
-    _, test = load_dataset(cfg["data"]["dataset"], cfg["data"]["root"])
-    test = engine.eval_subset(test, cfg["eval"]["num_examples"])
-    engine.check_classes(model, test, cfg["model_dir"])
+    model, test, path, _ = engine.load_attack_target(cfg, device)
     a = dict(cfg["attack"])
-    norm = "l2" if a["method"] == "pgd_l2" else "linf"
     prec = precision.from_config(cfg["precision"])  # bf16 / channels_last / compile: opt-in
     fast = precision.compiled(precision.wrap(model, prec), prec)
     attack = make_attack(a, fast, bn_mode=cfg["eval"]["bn_mode"])
     name = Path(cfg["model_dir"]).resolve().name
-    path = Path(cfg["attack_path"]) if cfg["attack_path"] else attack_file_path(
-        cfg["attack_dir"], name, cfg["attack_name"], test.name, norm)
 
     bs = cfg["eval"]["batch_size"]
     adv = []

@@ -17,9 +17,9 @@ import numpy as np
 from tqdm import tqdm
 
 from igam import engine, precision, schemas
-from igam.advfiles import adversarial_batches, attack_file_path, load_adversarial
+from igam.advfiles import adversarial_batches, load_adversarial
 from igam.config import load_config
-from igam.data import eval_batches, load_dataset
+from igam.data import eval_batches
 from igam.runtime import atomic_write, atomic_write_text, run_main, write_json
 from igam.training import evaluate
 
@@ -28,15 +28,8 @@ def main(argv=None):
     cfg = load_config(schemas.ATTACK, argv, schemas.ATTACK_CHOICES,
                       prog="run_attack.py", description=__doc__)
     device = engine.setup(cfg)
-    model, _ = engine.load_classifier(cfg["model_dir"], device)
-    _, test = load_dataset(cfg["data"]["dataset"], cfg["data"]["root"])
-    test = engine.eval_subset(test, cfg["eval"]["num_examples"])
-    engine.check_classes(model, test, cfg["model_dir"])
-    name = Path(cfg["model_dir"]).resolve().name
-    norm = "l2" if cfg["attack"]["method"] == "pgd_l2" else "linf"
+    model, test, path, norm = engine.load_attack_target(cfg, device)
     eps = float(cfg["attack"]["eps"])
-    path = Path(cfg["attack_path"]) if cfg["attack_path"] else attack_file_path(
-        cfg["attack_dir"], name, cfg["attack_name"], test.name, norm)
     x_adv = load_adversarial(path, test.images, eps, norm)
     prec = precision.from_config(cfg["precision"])  # bf16 / channels_last / compile: opt-in
     model = precision.compiled(precision.wrap(model, prec), prec)

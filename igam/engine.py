@@ -18,6 +18,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from igam import distributed
+from igam.advfiles import attack_file_path
 from igam.checkpoint import (
     check_format,
     checkpoint_path,
@@ -26,7 +27,7 @@ from igam.checkpoint import (
     make_checkpoint,
     save_checkpoint,
 )
-from igam.data import eval_batches
+from igam.data import eval_batches, load_dataset
 from igam.distributed import unwrap
 from igam.errors import CheckpointError, ConfigError
 from igam.models import Teacher, build_model
@@ -85,6 +86,36 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tup
     if isinstance(model, Teacher):
         model.set_bn(None)
     return model, ckpt
+
+
+def eval_data(cfg_data: Mapping[str, Any], ckpt: Mapping[str, Any], model_dir) -> dict:
+    """The dataset to evaluate a model on: ``data.dataset`` / ``data.root`` of the config,
+    where empty taken from the config saved in the model's checkpoint (the data it was trained
+    on, e.g. the target task of a teacher), so ``--model_dir`` alone suffices."""
+    data = dict(cfg_data)
+    saved = (ckpt.get("config") or {}).get("data") or {}
+    for key in ("dataset", "root"):
+        if not data.get(key):
+            data[key] = saved.get(key, "")
+    if not data["dataset"] or not data["root"]:
+        raise ConfigError(f"the checkpoint in {model_dir} does not record its dataset; pass "
+                          "--data.dataset and --data.root")
+    return data
+
+
+def load_attack_target(cfg: Mapping[str, Any], device) -> tuple[nn.Module, Any, Path, str]:
+    """What pgd_attack.py and run_attack.py share: the model of ``model_dir``, its test set
+    (``eval.num_examples`` first examples), the adversarial-example file and the norm."""
+    model, ckpt = load_classifier(cfg["model_dir"], device)
+    data = eval_data(cfg["data"], ckpt, cfg["model_dir"])
+    _, test = load_dataset(data["dataset"], data["root"])
+    test = eval_subset(test, cfg["eval"]["num_examples"])
+    check_classes(model, test, cfg["model_dir"])
+    norm = "l2" if cfg["attack"]["method"] == "pgd_l2" else "linf"
+    name = Path(cfg["model_dir"]).resolve().name
+    path = Path(cfg["attack_path"]) if cfg["attack_path"] else attack_file_path(
+        cfg["attack_dir"], name, cfg["attack_name"], data["dataset"], norm)
+    return model, test, path, norm
 
 
 def check_classes(model: nn.Module, dataset, path) -> None:

@@ -90,7 +90,7 @@ IGAM_CHOICES = {"data.dataset": _DATASETS, "student.standardization": _STD,
 ATTACK = {
     **_RUNTIME,
     "model_dir": "models/igam_tinyimagenet_to_cifar10",
-    "data": dict(_DATA),
+    "data": {"dataset": "", "root": ""},  # empty: the data recorded in the checkpoint
     "attack": {"method": "pgd", "eps": 8.0, "step_size": 2.0, "steps": 10,
                "random_start": True, "loss": "xent", "restarts": 1},
     "attack_name": "pgd",
@@ -101,6 +101,6 @@ ATTACK = {
 }
 """Shared by pgd_attack.py (writes the file) and run_attack.py (checks it against
 ``attack.eps`` / the method's norm and evaluates), as the original's config_attack.py."""
-ATTACK_CHOICES = {"data.dataset": _DATASETS, "attack.method": ["pgd", "fgsm", "pgd_l2"],
+ATTACK_CHOICES = {"data.dataset": [""] + _DATASETS, "attack.method": ["pgd", "fgsm", "pgd_l2"],
                   "attack.loss": ["xent", "cw"], "eval.bn_mode": ["eval", "train"],
                   **_PRECISION_CHOICES}

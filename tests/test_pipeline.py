@@ -269,3 +269,15 @@ def test_converted_tf_checkpoints_run_in_the_pipeline(tmp_path):
     assert np.load(w / "attacks/madry_teacher_pgds5_c100attack.npy").shape == (20, 32, 32, 3)
     res = json.loads((w / "models/madry_teacher/eval_pgds5.json").read_text())
     assert res["n"] == 20 and res["dataset"] == "cifar100/test"
+
+
+def test_attack_scripts_need_only_the_model_dir(pipeline):
+    """The dataset comes from the checkpoint's saved config: here the source model's own
+    (synthetic TinyImageNet) validation set, 64x64."""
+    w, _ = pipeline
+    cfg = str(REPO / "configs/attack_fgsm.yaml")
+    run("pgd_attack.py", "--config", cfg, "--model_dir", "models/src", cwd=w)
+    run("run_attack.py", "--config", cfg, "--model_dir", "models/src", cwd=w)
+    assert np.load(w / "attacks/src_fgsm_attack.npy").shape == (16, 64, 64, 3)
+    res = json.loads((w / "models/src/eval_fgsm.json").read_text())
+    assert res["dataset"] == "tinyimagenet/val" and res["n"] == 16
