@@ -51,6 +51,9 @@ igam.tfcheckpoint / igam.convert
 igam.config / igam.checkpoint / igam.runtime / igam.engine
     load_config(defaults, argv, choices), save_checkpoint / load_checkpoint (atomic,
     weights_only), seed_everything, resolve_device, MetricsLogger, engine.fit / Checkpointer
+igam.distributed / igam.precision
+    torchrun/DDP helpers (init, wrap, unwrap, is_main, rank_seed); Precision(autocast='none'|
+    'bf16', channels_last, compile) for adversarial training, attacks and evaluation
 igam.errors
     IGAMError and its kinds (DataError, ConfigError, CheckpointError, AttackFileError):
     one-line messages for bad input; entry scripts print them as ``error: ...`` (exit 2).
