@@ -116,10 +116,18 @@ def init(device_name: str) -> tuple[DistInfo, torch.device]:
     return _INFO, device
 
 
-def cleanup() -> None:
-    """Leave the process group (no-op if none); safe to call twice."""
+def cleanup(sync: bool = True) -> None:
+    """Leave the process group (no-op if none); safe to call twice.
+
+    ``sync``: wait at a barrier first, so that no rank tears down its gloo/NCCL connections
+    while a peer still uses them (a rank that destroyed its group early was seen to abort
+    with "terminate called without an active exception"). Pass False on an error path, where
+    a peer may never reach the barrier.
+    """
     global _INFO
     if dist.is_available() and dist.is_initialized():
+        if sync:
+            dist.barrier()
         dist.destroy_process_group()
     _INFO = DistInfo()
 
@@ -133,13 +141,17 @@ def entry(main: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(main)
     def wrapper(argv: Sequence[str] | None = None):
         try:
-            return main(argv)
+            result = main(argv)
         except IGAMError:
+            cleanup(sync=False)
             if is_main():
                 raise
             raise SystemExit(2) from None
-        finally:
-            cleanup()
+        except BaseException:
+            cleanup(sync=False)
+            raise
+        cleanup()
+        return result
 
     return wrapper
 
