@@ -150,10 +150,28 @@ def entry(main: Callable[..., Any]) -> Callable[..., Any]:
         except BaseException:
             cleanup(sync=False)
             raise
+        was_distributed = _INFO.enabled
         cleanup()
+        if was_distributed:
+            exit_now(0 if result is None else int(result))
         return result
 
     return wrapper
+
+
+def exit_now(code: int = 0) -> None:
+    """End a data-parallel process right after its group was destroyed: flush the standard
+    streams and ``os._exit``, skipping interpreter finalisation. On CPU/gloo a rank was seen to
+    abort there ("terminate called without an active exception", SIGABRT) after all its work
+    was done and its files written, which turned a finished run into a failed one."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def is_main() -> bool:

@@ -121,6 +121,7 @@ def _classifier_worker(rank: int, port: int, out: str) -> None:
                         "count": count}, out)
     finally:
         distributed.cleanup()
+    distributed.exit_now(0)  # skip interpreter finalisation (see exit_now)
 
 
 def _igam_worker(rank: int, port: int, out: str) -> None:
@@ -134,6 +135,7 @@ def _igam_worker(rank: int, port: int, out: str) -> None:
                         "metrics": metrics}, out)
     finally:
         distributed.cleanup()
+    distributed.exit_now(0)  # skip interpreter finalisation (see exit_now)
 
 
 # ---------------------------------------------------------------------------------------------
