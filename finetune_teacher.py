@@ -25,7 +25,7 @@ from igam.errors import CheckpointError
 from igam.gradients import input_gradient
 from igam.models import Teacher, WideResNet
 from igam.objective import random_pert
-from igam.runtime import MetricsLogger, atomic_write, prepare_run_dir, run_main
+from igam.runtime import atomic_write, prepare_run_dir, run_main
 from igam.training import HeadFinetuner, recalibrate_bn
 
 
@@ -62,16 +62,14 @@ def main(argv=None):
                            info.rank, info.world_size)
     ckpt = engine.Checkpointer(run.path, "teacher", cfg, teacher, finetuner, batches)
     ckpt.info["bn_recalibrated"] = False
-    start = ckpt.restore(run.resume_from) if run.resume_from else 0
 
     def step(x, y):
         if f["img_random_pert"]:
             x = random_pert(x, f["eps"])
         return finetuner.step(x, y)
 
-    logger = MetricsLogger(run.path, truncate_after=start) if info.is_main else None
-    engine.fit(step, batches, start, f["steps"], ckpt, logger, cfg["log_every"],
-               cfg["checkpoint_every"], desc="finetune teacher head")
+    logger = engine.train(ckpt, run, step, batches, f["steps"], cfg,
+                          desc="finetune teacher head")
 
     results = {}
     ev = dict(cfg["eval"], bn_mode="eval")

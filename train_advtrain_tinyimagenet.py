@@ -19,7 +19,7 @@ from igam.attacks import PGD
 from igam.config import load_config
 from igam.data import TrainBatches, load_dataset
 from igam.models import WideResNet
-from igam.runtime import MetricsLogger, prepare_run_dir, run_main
+from igam.runtime import prepare_run_dir, run_main
 from igam.training import ClassifierTrainer
 
 
@@ -49,18 +49,9 @@ def main(argv=None):
     batches = TrainBatches(train, t["batch_size"], device, cfg["seed"], t["augment"],
                            info.rank, info.world_size)
     ckpt = engine.Checkpointer(run.path, "classifier", cfg, model, trainer, batches)
-    start = ckpt.restore(run.resume_from) if run.resume_from else 0
-
-    logger = MetricsLogger(run.path, truncate_after=start) if info.is_main else None
-    engine.fit(trainer.step, batches, start, t["steps"], ckpt, logger, cfg["log_every"],
-               cfg["checkpoint_every"], desc="adversarial training")
-    res = engine.clean_accuracy(fast, test, cfg["eval"], device)
-    if info.is_main:
-        logger.write_json("eval_clean.json",
-                          {k: v for k, v in res.items() if k != "predictions"})
-        print(f"clean accuracy on {test.name}: {100 * res['accuracy']:.2f}% "
-              f"({res['correct']}/{res['n']}); model saved in {run.path}")
-
+    logger = engine.train(ckpt, run, trainer.step, batches, t["steps"], cfg,
+                          desc="adversarial training")
+    engine.report_clean_accuracy(fast, test, cfg, device, logger, "source model", run.path)
 
 if __name__ == "__main__":
     run_main(distributed.entry(main))

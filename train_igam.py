@@ -27,7 +27,7 @@ from igam.config import load_config
 from igam.data import TrainBatches, load_dataset
 from igam.models import InputGradientDiscriminator, WideResNet
 from igam.objective import IGAMSettings, IGAMTrainer
-from igam.runtime import MetricsLogger, prepare_run_dir, run_main
+from igam.runtime import prepare_run_dir, run_main
 
 
 def main(argv=None):
@@ -61,18 +61,8 @@ def main(argv=None):
                            info.rank, info.world_size)
     ckpt = engine.Checkpointer(run.path, "igam", cfg, student, trainer, batches,
                                extras={"discriminator": disc})
-    start = ckpt.restore(run.resume_from) if run.resume_from else 0
-
-    logger = MetricsLogger(run.path, truncate_after=start) if info.is_main else None
-    engine.fit(trainer.step, batches, start, t["steps"], ckpt, logger, cfg["log_every"],
-               cfg["checkpoint_every"], desc="IGAM")
-    res = engine.clean_accuracy(student, test, cfg["eval"], device)
-    if info.is_main:
-        logger.write_json("eval_clean.json",
-                          {k: v for k, v in res.items() if k != "predictions"})
-        print(f"student clean accuracy on {test.name}: {100 * res['accuracy']:.2f}% "
-              f"({res['correct']}/{res['n']}); model saved in {run.path}")
-
+    logger = engine.train(ckpt, run, trainer.step, batches, t["steps"], cfg, desc="IGAM")
+    engine.report_clean_accuracy(student, test, cfg, device, logger, "student", run.path)
 
 if __name__ == "__main__":
     run_main(distributed.entry(main))

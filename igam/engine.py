@@ -336,3 +336,28 @@ def fit(step_fn: Callable[[torch.Tensor, torch.Tensor], dict], batches: Iterator
             checkpointer.save(done)
     bar.close()
     return last
+
+
+def train(ckpt: Checkpointer, run, step_fn: Callable[[torch.Tensor, torch.Tensor], dict],
+          batches: Iterator, total: int, cfg: Mapping[str, Any],
+          desc: str) -> MetricsLogger | None:
+    """Resume from the run folder's checkpoint if there is one, then :func:`fit` up to
+    ``total`` steps. Returns the run's metrics logger (rank 0; None on the other ranks)."""
+    start = ckpt.restore(run.resume_from) if run.resume_from else 0
+    logger = MetricsLogger(run.path, truncate_after=start) if distributed.is_main() else None
+    fit(step_fn, batches, start, total, ckpt, logger, cfg["log_every"], cfg["checkpoint_every"],
+        desc=desc)
+    return logger
+
+
+def report_clean_accuracy(model: nn.Module, test, cfg: Mapping[str, Any], device,
+                          logger: MetricsLogger | None, what: str, run_path) -> dict:
+    """Final clean evaluation on the full test set (collective under DDP); rank 0 writes
+    ``eval_clean.json`` and prints one line."""
+    res = clean_accuracy(model, test, cfg["eval"], device)
+    if logger is not None:
+        logger.write_json("eval_clean.json",
+                          {k: v for k, v in res.items() if k != "predictions"})
+        print(f"{what} clean accuracy on {test.name}: {100 * res['accuracy']:.2f}% "
+              f"({res['correct']}/{res['n']}); model saved in {run_path}")
+    return res
