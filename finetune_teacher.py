@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from igam import distributed, engine, schemas
 from igam.config import load_config
-from igam.data import TrainBatches, eval_batches, load_dataset
+from igam.data import TrainBatches, eval_batches
 from igam.errors import CheckpointError
 from igam.gradients import input_gradient
 from igam.models import Teacher, WideResNet
@@ -44,8 +44,7 @@ def main(argv=None):
     cfg = load_config(schemas.FINETUNE, argv, schemas.FINETUNE_CHOICES,
                       prog="finetune_teacher.py", description=__doc__)
     device = engine.setup(cfg, data_parallel=True)
-    with distributed.main_first():  # rank 0 may write the decode cache
-        train, test = load_dataset(cfg["data"]["dataset"], cfg["data"]["root"])
+    train, test = engine.load_train_test(cfg)
     source, _ = engine.load_model(cfg["source_model_dir"], device, ("classifier",))
     if not isinstance(source, WideResNet):
         raise CheckpointError(f"{cfg['source_model_dir']} does not hold a source classifier")

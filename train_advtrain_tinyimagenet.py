@@ -17,7 +17,7 @@ from __future__ import annotations
 from igam import distributed, engine, precision, schemas
 from igam.attacks import PGD
 from igam.config import load_config
-from igam.data import TrainBatches, load_dataset
+from igam.data import TrainBatches
 from igam.models import WideResNet
 from igam.runtime import prepare_run_dir, run_main
 from igam.training import ClassifierTrainer
@@ -27,8 +27,7 @@ def main(argv=None):
     cfg = load_config(schemas.ADVTRAIN, argv, schemas.ADVTRAIN_CHOICES,
                       prog="train_advtrain_tinyimagenet.py", description=__doc__)
     device = engine.setup(cfg, data_parallel=True)
-    with distributed.main_first():  # rank 0 may write the decode cache
-        train, test = load_dataset(cfg["data"]["dataset"], cfg["data"]["root"])
+    train, test = engine.load_train_test(cfg)
     run = distributed.on_main(prepare_run_dir, cfg["model_dir"], cfg, cfg["resume"],
                               cfg["overwrite"])
     info = distributed.info()

@@ -24,7 +24,7 @@ import torch
 
 from igam import distributed, engine, schemas
 from igam.config import load_config
-from igam.data import TrainBatches, load_dataset
+from igam.data import TrainBatches
 from igam.models import InputGradientDiscriminator, WideResNet
 from igam.objective import IGAMSettings, IGAMTrainer
 from igam.runtime import prepare_run_dir, run_main
@@ -34,8 +34,7 @@ def main(argv=None):
     cfg = load_config(schemas.IGAM, argv, schemas.IGAM_CHOICES, prog="train_igam.py",
                       description=__doc__)
     device = engine.setup(cfg, data_parallel=True)
-    with distributed.main_first():  # rank 0 may write the decode cache
-        train, test = load_dataset(cfg["data"]["dataset"], cfg["data"]["root"])
+    train, test = engine.load_train_test(cfg)
     teacher = engine.load_teacher(cfg["teacher_dir"], device, cfg["teacher_bn"])
     engine.check_classes(teacher, train, cfg["teacher_dir"])
     run = distributed.on_main(prepare_run_dir, cfg["model_dir"], cfg, cfg["resume"],

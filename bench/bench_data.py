@@ -239,9 +239,7 @@ def main(argv=None) -> dict:
     result = {"benchmark": "data", "environment": env,
               "settings": {k: v for k, v in vars(args).items() if k not in ("out_dir", "tag")},
               "decode": decode, "augment": augment}
-    path = common.write_result(args.out_dir, "data", device, result, args.tag)
-    if path:
-        print(f"wrote {path}")
+    common.write_result(args.out_dir, "data", device, result, args.tag)
     return result
 
 

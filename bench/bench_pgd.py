@@ -261,9 +261,7 @@ def main(argv=None) -> dict:
         "torchattacks": torchattacks.__version__ if use_theirs else None,
         "profile": prof,
     }
-    path = common.write_result(args.out_dir, "pgd", device, result, args.tag)
-    if path:
-        print(f"wrote {path}")
+    common.write_result(args.out_dir, "pgd", device, result, args.tag)
     return result
 
 

@@ -294,9 +294,7 @@ def main(argv=None) -> dict:
         "goal": f"igam_d1 <= {GOAL} x (teacher_grad + student + disc_step)",
         "memory": mem,
     }
-    path = common.write_result(args.out_dir, "train", device, result, args.tag)
-    if path:
-        print(f"wrote {path}")
+    common.write_result(args.out_dir, "train", device, result, args.tag)
     return result
 
 

@@ -377,8 +377,8 @@ def format_table(rows: Sequence[Mapping], columns: Sequence[tuple]) -> str:
 
 def write_result(out_dir: str, name: str, device: torch.device, payload: dict,
                  tag: str = "") -> Optional[Path]:
-    """Write ``payload`` as ``<out_dir>/<name>_<cpu|cuda>[_<tag>].json`` (atomically);
-    ``out_dir`` '' skips."""
+    """Write ``payload`` as ``<out_dir>/<name>_<cpu|cuda>[_<tag>].json`` (atomically) and say
+    where; ``out_dir`` '' skips."""
     if not out_dir:
         return None
     folder = Path(out_dir)
@@ -387,6 +387,7 @@ def write_result(out_dir: str, name: str, device: torch.device, payload: dict,
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n")
     os.replace(tmp, path)
+    print(f"wrote {path}")
     return path
 
 

@@ -61,6 +61,13 @@ def setup(cfg: Mapping[str, Any], data_parallel: bool = False) -> torch.device:
     return device
 
 
+def load_train_test(cfg: Mapping[str, Any]):
+    """(train, test) ArrayDatasets of ``cfg['data']``; under torchrun rank 0 loads first, so
+    only it decodes and writes the TinyImageNet cache while the others wait, then read it."""
+    with distributed.main_first():
+        return load_dataset(cfg["data"]["dataset"], cfg["data"]["root"])
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu",
                kinds: tuple[str, ...] | None = None) -> tuple[nn.Module, dict]:
     """Rebuild the model stored in a port checkpoint (a run folder or a ``.pt`` file).

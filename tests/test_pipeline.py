@@ -40,6 +40,20 @@ def synth(dataset: str, out: Path, *args: str) -> None:
                     "--out", str(out), *args], check=True, env=env, capture_output=True)
 
 
+def metric_steps(run_dir: Path) -> list[int]:
+    """Steps of the records in a run folder's metrics.jsonl, in file order."""
+    return [json.loads(line)["step"] for line in
+            (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_igam_run(got: Path, want: Path) -> None:
+    """Student and discriminator weights of two IGAM run folders are equal."""
+    a, b = load_checkpoint(got), load_checkpoint(want)
+    for key in ("model", "discriminator"):
+        for name, value in b[key].items():
+            torch.testing.assert_close(a[key][name], value, msg=f"{key}.{name}")
+
+
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     w = tmp_path_factory.mktemp("pipeline")
@@ -127,14 +141,9 @@ def test_resume_continues_exactly(pipeline):
         cwd=w)
     run("train_igam.py", *igam_args, "--model_dir", "models/igam_part", "--train.steps", "6",
         "--resume", cwd=w)
-    full = load_checkpoint(w / "models/igam")
-    part = load_checkpoint(w / "models/igam_part")
-    assert part["step"] == 6
-    for key in ("model", "discriminator"):
-        for name, value in full[key].items():
-            torch.testing.assert_close(part[key][name], value, msg=f"{key}.{name}")
-    assert [json.loads(x)["step"] for x in
-            (w / "models/igam_part/metrics.jsonl").read_text().splitlines()] == [2, 3, 4, 6]
+    assert load_checkpoint(w / "models/igam_part")["step"] == 6
+    assert_same_igam_run(w / "models/igam_part", w / "models/igam")
+    assert metric_steps(w / "models/igam_part") == [2, 3, 4, 6]
 
 
 def test_existing_run_is_not_clobbered(pipeline):
@@ -232,15 +241,10 @@ def test_killed_run_resumes_from_its_last_checkpoint(pipeline):
     saved = load_checkpoint(w / "models/igam_killed")["step"]
     assert saved in (3, 6, 9) and saved < 12  # checkpoint_every 3; killed before the end
     run("train_igam.py", *args, "--model_dir", "models/igam_killed", "--resume", cwd=w)
-    full = load_checkpoint(w / "models/igam12")
-    resumed = load_checkpoint(w / "models/igam_killed")
-    assert resumed["step"] == 12
-    for key in ("model", "discriminator"):
-        for name, value in full[key].items():
-            torch.testing.assert_close(resumed[key][name], value, msg=f"{key}.{name}")
-    steps = [json.loads(x)["step"] for x in
-             (w / "models/igam_killed/metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 13))  # records after the checkpoint were redone, once
+    assert load_checkpoint(w / "models/igam_killed")["step"] == 12
+    assert_same_igam_run(w / "models/igam_killed", w / "models/igam12")
+    # records logged after the checkpoint were dropped on resume and redone, once
+    assert metric_steps(w / "models/igam_killed") == list(range(1, 13))
 
 
 def test_converted_tf_checkpoints_run_in_the_pipeline(tmp_path):
