@@ -19,13 +19,15 @@ import numpy as np
 from tqdm import tqdm
 
 from igam import distributed, engine, schemas
+from igam.cli import run_main
 from igam.config import load_config
 from igam.data import TrainBatches, eval_batches
 from igam.errors import CheckpointError
+from igam.files import atomic_write
 from igam.gradients import input_gradient
 from igam.models import Teacher, WideResNet
 from igam.objective import random_pert
-from igam.runtime import atomic_write, prepare_run_dir, run_main
+from igam.rundir import prepare_run_dir
 from igam.training import HeadFinetuner, recalibrate_bn
 
 

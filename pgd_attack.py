@@ -21,9 +21,10 @@ from tqdm import tqdm
 from igam import engine, precision, schemas
 from igam.advfiles import save_adversarial
 from igam.attacks import make_attack
+from igam.cli import run_main
 from igam.config import load_config
 from igam.data import eval_batches
-from igam.runtime import run_main, write_json
+from igam.files import write_json
 
 
 def main(argv=None):

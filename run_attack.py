@@ -18,9 +18,10 @@ from tqdm import tqdm
 
 from igam import engine, precision, schemas
 from igam.advfiles import adversarial_batches, load_adversarial
+from igam.cli import run_main
 from igam.config import load_config
 from igam.data import eval_batches
-from igam.runtime import atomic_write, atomic_write_text, run_main, write_json
+from igam.files import atomic_write, atomic_write_text, write_json
 from igam.training import evaluate
 
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from igam import distributed, engine, precision, schemas
 from igam.attacks import PGD
+from igam.cli import run_main
 from igam.config import load_config
 from igam.data import TrainBatches
 from igam.models import WideResNet
-from igam.runtime import prepare_run_dir, run_main
+from igam.rundir import prepare_run_dir
 from igam.training import ClassifierTrainer
 
 

@@ -23,11 +23,12 @@ from __future__ import annotations
 import torch
 
 from igam import distributed, engine, schemas
+from igam.cli import run_main
 from igam.config import load_config
 from igam.data import TrainBatches
 from igam.models import InputGradientDiscriminator, WideResNet
 from igam.objective import IGAMSettings, IGAMTrainer
-from igam.runtime import prepare_run_dir, run_main
+from igam.rundir import prepare_run_dir
 
 
 def main(argv=None):

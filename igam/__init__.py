@@ -48,7 +48,8 @@ igam.data
     igam.data.synthetic: write_synthetic_cifar10 / _cifar100 / _tinyimagenet (official formats)
 igam.tfcheckpoint / igam.convert
     read_tf_checkpoint(path) -> {name: np.ndarray}; model_from_tf(variables, arch) -> nn.Module
-igam.config / igam.checkpoint / igam.runtime / igam.engine
+igam.config / igam.checkpoint / igam.engine; run-time plumbing: igam.seeding, igam.device,
+igam.files (atomic writes, JSON), igam.rundir (run folder, metrics log), igam.cli (error guard)
     load_config(defaults, argv, choices), save_checkpoint / load_checkpoint (atomic,
     weights_only), seed_everything, resolve_device, MetricsLogger, engine.fit / Checkpointer
 igam.distributed / igam.precision

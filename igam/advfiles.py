@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from igam.errors import AttackFileError
-from igam.runtime import atomic_write
+from igam.files import atomic_write
 
 RANGE_TOL = 1e-4
 EPS_TOL = 1e-4

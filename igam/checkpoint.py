@@ -4,7 +4,7 @@ A checkpoint is a ``dict`` saved with :func:`torch.save`, holding only tensors a
 values (int, float, bool, str, None, bytes, dtypes, ``torch.Size``, and lists / tuples / dicts
 of those), so it always loads with ``torch.load(weights_only=True)``: loading a checkpoint
 never executes code. Model and optimiser ``state_dict()`` s (SGD momentum buffers, Adam moments
-and step counts) and the RNG states of :func:`igam.runtime.rng_state` all qualify; NumPy arrays
+and step counts) and the RNG states of :func:`igam.seeding.rng_state` all qualify; NumPy arrays
 and arbitrary objects do not (convert them to tensors first).
 
 Entries of an igam checkpoint:
@@ -17,7 +17,7 @@ Entries of an igam checkpoint:
   optimiser state_dict), ``step`` (int, global step), ``rng`` (RNG states), ``sampler``
   (batch sampler state), ``config`` (the resolved run config).
 
-In a run folder the latest checkpoint is ``checkpoint.pt`` (see :mod:`igam.runtime`).
+In a run folder the latest checkpoint is ``checkpoint.pt`` (see :mod:`igam.rundir`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from igam.errors import CheckpointError
-from igam.runtime import CHECKPOINT_NAME, atomic_write
+from igam.files import atomic_write
+from igam.rundir import CHECKPOINT_NAME
 
 FORMAT = "igam-pytorch/1"
 

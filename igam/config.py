@@ -47,7 +47,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from igam.errors import ConfigError
-from igam.runtime import atomic_write_text
+from igam.files import atomic_write_text
 
 CLI = "the command line"
 _RESERVED = ("config", "help")

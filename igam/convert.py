@@ -459,7 +459,7 @@ def convert_checkpoint(
     ``out`` is a folder (created) or a ``.pt`` file path. Returns the written file.
     """
     from igam.checkpoint import make_checkpoint, save_checkpoint
-    from igam.runtime import CHECKPOINT_NAME
+    from igam.rundir import CHECKPOINT_NAME
     from igam.tfcheckpoint import TFCheckpointReader
 
     reader = TFCheckpointReader(tf_checkpoint)
@@ -540,6 +540,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from igam.runtime import run_main
+    from igam.cli import run_main
 
     run_main(main)

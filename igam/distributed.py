@@ -85,7 +85,7 @@ def init(device_name: str) -> tuple[DistInfo, torch.device]:
     backend is gloo. Idempotent.
     """
     global _INFO
-    from igam.runtime import resolve_device
+    from igam.device import resolve_device
 
     device = resolve_device(device_name)
     world = env_world_size()

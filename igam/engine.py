@@ -28,16 +28,12 @@ from igam.checkpoint import (
     save_checkpoint,
 )
 from igam.data import eval_batches, load_dataset
+from igam.device import set_fidelity
 from igam.distributed import unwrap
 from igam.errors import CheckpointError, ConfigError
 from igam.models import Teacher, build_model
-from igam.runtime import (
-    MetricsLogger,
-    rng_state,
-    seed_everything,
-    set_fidelity,
-    set_rng_state,
-)
+from igam.rundir import MetricsLogger
+from igam.seeding import rng_state, seed_everything, set_rng_state
 from igam.training import evaluate
 
 

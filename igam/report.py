@@ -14,8 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
+from igam.cli import run_main
 from igam.errors import IGAMError
-from igam.runtime import run_main, write_json
+from igam.files import write_json
 
 
 def column(attack: str) -> str:

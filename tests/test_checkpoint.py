@@ -19,7 +19,7 @@ from igam.checkpoint import (
     save_checkpoint,
 )
 from igam.errors import CheckpointError
-from igam.runtime import rng_state
+from igam.seeding import rng_state
 
 
 def tiny_net(classes: int = 10) -> nn.Module:

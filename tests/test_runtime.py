@@ -1,4 +1,6 @@
-"""Tests of igam.runtime: seeding, devices, TF32 flags, RNG state, metrics, run folder, guard."""
+"""Tests of the run-time plumbing: seeding and RNG state (igam.seeding), devices and TF32
+(igam.device), atomic writes and JSON (igam.files), metrics and run folder (igam.rundir), and the
+command-line guard (igam.cli)."""
 
 from __future__ import annotations
 
@@ -14,22 +16,12 @@ import torch
 import yaml
 
 from igam.checkpoint import load_checkpoint, save_checkpoint
+from igam.cli import run_main
+from igam.device import resolve_device, set_fidelity
 from igam.errors import CheckpointError, ConfigError, DataError
-from igam.runtime import (
-    MetricsLogger,
-    atomic_write_text,
-    fidelity,
-    main_guard,
-    prepare_run_dir,
-    read_metrics,
-    resolve_device,
-    rng_state,
-    run_main,
-    seed_everything,
-    set_fidelity,
-    set_rng_state,
-    write_json,
-)
+from igam.files import atomic_write_text, write_json
+from igam.rundir import MetricsLogger, prepare_run_dir
+from igam.seeding import rng_state, seed_everything, set_rng_state
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,21 +77,23 @@ def test_resolve_device():
             resolve_device("cuda:99")
 
 
-def test_set_fidelity_sets_and_returns_previous_flags():
-    original = set_fidelity(False)
+def test_set_fidelity_sets_both_tf32_flags():
+    original = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     try:
+        set_fidelity(False)
         assert torch.backends.cuda.matmul.allow_tf32 is False
         assert torch.backends.cudnn.allow_tf32 is False
-        previous = set_fidelity(True)
-        assert previous == {"matmul": False, "cudnn": False}
+        set_fidelity(True)
         assert torch.backends.cuda.matmul.allow_tf32 is True
         assert torch.backends.cudnn.allow_tf32 is True
-        with fidelity(False):
-            assert torch.backends.cudnn.allow_tf32 is False
-        assert torch.backends.cudnn.allow_tf32 is True
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = original["matmul"]
-        torch.backends.cudnn.allow_tf32 = original["cudnn"]
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = original
+
+
+def read_metrics(run_dir):
+    """The records of ``run_dir/metrics.jsonl``."""
+    text = (Path(run_dir) / "metrics.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def strict_loads(line):
@@ -193,7 +187,7 @@ def test_run_main_exit_codes(capsys):
 
     seen = []
     with pytest.raises(SystemExit) as info:
-        main_guard(lambda argv: seen.append(argv))(["--x"])
+        run_main(lambda argv: seen.append(argv), ["--x"])
     assert info.value.code == 0 and seen == [["--x"]]
 
     def bug(argv):
@@ -209,7 +203,7 @@ def test_run_main_in_a_real_process_prints_no_traceback(tmp_path):
         "import sys\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
         "from igam.config import load_config\n"
-        "from igam.runtime import run_main\n"
+        "from igam.cli import run_main\n"
         "def main(argv):\n"
         "    load_config({'train': {'batch_size': 32}}, argv)\n"
         "run_main(main, sys.argv[1:])\n"
