@@ -13,9 +13,9 @@ Entries of an igam checkpoint:
 - ``kind``: what the model is, e.g. ``"classifier"``, ``"teacher"``, ``"igam"``;
 - ``arch``: the architecture config ``igam.models.build_model(arch)`` turns into a module;
 - ``model``: the module's ``state_dict()``;
-- optional: ``discriminator_arch`` and ``discriminator`` (IGAM), ``optimizers`` (name ->
-  optimiser state_dict), ``step`` (int, global step), ``rng`` (RNG states), ``sampler``
-  (batch sampler state), ``config`` (the resolved run config).
+- optional: ``discriminator_arch`` and ``discriminator`` (IGAM), ``trainer`` (the trainer's
+  state: optimisers, learning-rate schedule), ``step`` (int, global step), ``rng`` (RNG
+  states), ``sampler`` (batch sampler state), ``config`` (the resolved run config).
 
 In a run folder the latest checkpoint is ``checkpoint.pt`` (see :mod:`igam.rundir`).
 """
@@ -42,7 +42,6 @@ __all__ = [
     "FORMAT",
     "check_format",
     "checkpoint_path",
-    "latest_checkpoint",
     "load_checkpoint",
     "load_model_state",
     "make_checkpoint",
@@ -61,7 +60,7 @@ def make_checkpoint(
     **extra: Any,
 ) -> dict[str, Any]:
     """Assemble a checkpoint dict with the standard entries (``format``, ``kind``, ``arch``,
-    ``model``, ``step``) plus any optional ones given as keywords (``optimizers``, ``rng``,
+    ``model``, ``step``) plus any optional ones given as keywords (``trainer``, ``rng``,
     ``sampler``, ``config``, ``discriminator_arch``, ``discriminator``, ...)."""
     if not isinstance(arch, Mapping):
         raise TypeError(f"arch must be a dict, got {type(arch).__name__}")
@@ -145,12 +144,6 @@ def checkpoint_path(path: str | os.PathLike) -> Path:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     return path
-
-
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """``<run_dir>/checkpoint.pt`` if it exists, else None (temporaries are ignored)."""
-    candidate = Path(run_dir) / CHECKPOINT_NAME
-    return candidate if candidate.is_file() else None
 
 
 def load_checkpoint(

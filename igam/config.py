@@ -53,7 +53,6 @@ CLI = "the command line"
 _RESERVED = ("config", "help")
 
 __all__ = [
-    "config_get",
     "config_to_flat",
     "dump_config",
     "format_help",
@@ -167,16 +166,6 @@ def config_to_flat(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
-
-
-def config_get(cfg: Mapping[str, Any], dotted: str) -> Any:
-    """``config_get(cfg, "train.lr")`` == ``cfg["train"]["lr"]``; KeyError if absent."""
-    value: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            raise KeyError(dotted)
-        value = value[part]
-    return value
 
 
 def _all_keys(schema: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from igam.errors import ConfigError, IGAMError
 
-__all__ = ["DistInfo", "info", "init", "cleanup", "entry", "is_main", "barrier", "rank_seed",
+__all__ = ["DistInfo", "info", "init", "cleanup", "entry", "is_main", "rank_seed",
            "wrap", "unwrap", "on_main", "main_first", "all_gather_objects", "mean_scalars",
            "all_reduce_sum", "broadcast_module"]
 
@@ -177,11 +177,6 @@ def exit_now(code: int = 0) -> None:
 def is_main() -> bool:
     """True on rank 0 (and in a single process): the rank that logs and writes files."""
     return _INFO.rank == 0
-
-
-def barrier() -> None:
-    if _INFO.enabled:
-        dist.barrier()
 
 
 def rank_seed(seed: int, rank: int | None = None) -> int:

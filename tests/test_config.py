@@ -6,7 +6,6 @@ import pytest
 import yaml
 
 from igam.config import (
-    config_get,
     config_to_flat,
     load_config,
     load_yaml_file,
@@ -196,14 +195,11 @@ def test_save_load_round_trip(tmp_path):
     assert isinstance(again["data"]["root"], str)
 
 
-def test_flat_view_and_get():
+def test_flat_view():
     cfg = load_config(DEFAULTS, [])
     flat = config_to_flat(cfg)
     assert flat["train.batch_size"] == 32 and flat["data.dataset"] == "cifar10"
     assert flat["extra"] == {}
-    assert config_get(cfg, "train.teacher_bn") == "batch"
-    with pytest.raises(KeyError):
-        config_get(cfg, "train.nope")
 
 
 def test_help_lists_keys_and_exits_zero(capsys):

@@ -119,10 +119,6 @@ class TrainBatches:
         """Number of passes (permutations) started so far."""
         return self._passes
 
-    @property
-    def batches_drawn(self) -> int:
-        return self._batches
-
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         return self
 
