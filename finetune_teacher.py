@@ -15,36 +15,21 @@ features its head was trained on; clean accuracy is reported in both BN modes.
 
 from __future__ import annotations
 
-import numpy as np
-from tqdm import tqdm
-
 from igam import distributed, engine, schemas
 from igam.cli import run_main
 from igam.config import load_config
 from igam.data import TrainBatches, eval_batches
 from igam.errors import CheckpointError
-from igam.files import atomic_write
-from igam.gradients import input_gradient
 from igam.models import Teacher, WideResNet
 from igam.objective import random_pert
 from igam.rundir import prepare_run_dir
 from igam.training import HeadFinetuner, recalibrate_bn
 
 
-def save_input_gradients(teacher, dataset, batch_size, device, path):
-    """Teacher input gradients d softmax[y]/dx of a whole dataset as float32 NHWC .npy."""
-    teacher.train()
-    grads = []
-    for x, y in tqdm(eval_batches(dataset, batch_size, device), desc=f"gradients {path.name}",
-                     leave=False):
-        grads.append(input_gradient(teacher, x, y).permute(0, 2, 3, 1).cpu().numpy())
-    with atomic_write(path, "wb", encoding=None) as fh:
-        np.save(fh, np.concatenate(grads).astype(np.float32))
-
-
 def main(argv=None):
     cfg = load_config(schemas.FINETUNE, argv, schemas.FINETUNE_CHOICES,
-                      prog="finetune_teacher.py", description=__doc__)
+                      ranges=schemas.FINETUNE_RANGES, prog="finetune_teacher.py",
+                      description=__doc__)
     device = engine.setup(cfg, data_parallel=True)
     train, test = engine.load_train_test(cfg)
     source, _ = engine.load_model(cfg["source_model_dir"], device, ("classifier",))
@@ -58,7 +43,8 @@ def main(argv=None):
     std = None if tc["standardization"] == "source" else tc["standardization"]
     teacher = Teacher(source, train.num_classes, tc["upresize_to"] or None, std,
                       tc["bn"]).to(device)
-    finetuner = HeadFinetuner(teacher, f["lr"], f["whole_model"], wrap=distributed.wrap)
+    finetuner = HeadFinetuner(teacher, f["lr"], f["whole_model"], f["weight_decay"],
+                              wrap=distributed.wrap)
     batches = TrainBatches(train, f["batch_size"], device, cfg["seed"], f["augment"],
                            info.rank, info.world_size)
     ckpt = engine.Checkpointer(run.path, "teacher", cfg, teacher, finetuner, batches)
@@ -92,9 +78,8 @@ def main(argv=None):
         return  # rank 0 writes the files
     logger.write_json("eval_clean.json", summary)
     if f["save_input_gradients"]:
-        for name, data in (("train", train), ("test", test)):
-            save_input_gradients(teacher, data, cfg["eval"]["batch_size"], device,
-                                 run.path / f"teacher_input_gradients_{name}.npy")
+        engine.save_train_test_input_gradients(teacher, train, test, cfg["eval"]["batch_size"],
+                                               device, run.path, "teacher")
     print(f"teacher clean accuracy on {test.name}: "
           f"{100 * results['batch_bn']['accuracy']:.2f}% with batch statistics, "
           f"{100 * results['running_bn']['accuracy']:.2f}% with running statistics; "

@@ -28,8 +28,8 @@ from igam.files import write_json
 
 
 def main(argv=None):
-    cfg = load_config(schemas.ATTACK, argv, schemas.ATTACK_CHOICES, prog="pgd_attack.py",
-                      description=__doc__)
+    cfg = load_config(schemas.ATTACK, argv, schemas.ATTACK_CHOICES,
+                      ranges=schemas.ATTACK_RANGES, prog="pgd_attack.py", description=__doc__)
     device = engine.setup(cfg)
     model, test, path, _ = engine.load_attack_target(cfg, device)
     a = dict(cfg["attack"])

@@ -26,7 +26,8 @@ from igam.training import ClassifierTrainer
 
 def main(argv=None):
     cfg = load_config(schemas.ADVTRAIN, argv, schemas.ADVTRAIN_CHOICES,
-                      prog="train_advtrain_tinyimagenet.py", description=__doc__)
+                      ranges=schemas.ADVTRAIN_RANGES, prog="train_advtrain_tinyimagenet.py",
+                      description=__doc__)
     device = engine.setup(cfg, data_parallel=True)
     train, test = engine.load_train_test(cfg)
     run = distributed.on_main(prepare_run_dir, cfg["model_dir"], cfg, cfg["resume"],

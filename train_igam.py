@@ -32,8 +32,8 @@ from igam.rundir import prepare_run_dir
 
 
 def main(argv=None):
-    cfg = load_config(schemas.IGAM, argv, schemas.IGAM_CHOICES, prog="train_igam.py",
-                      description=__doc__)
+    cfg = load_config(schemas.IGAM, argv, schemas.IGAM_CHOICES,
+                      ranges=schemas.IGAM_RANGES, prog="train_igam.py", description=__doc__)
     device = engine.setup(cfg, data_parallel=True)
     train, test = engine.load_train_test(cfg)
     teacher = engine.load_teacher(cfg["teacher_dir"], device, cfg["teacher_bn"])
@@ -45,9 +45,11 @@ def main(argv=None):
     s, d, g, t = cfg["student"], cfg["discriminator"], cfg["igam"], cfg["train"]
     student = WideResNet(train.num_classes, s["widths"], s["units_per_stage"],
                          s["standardization"]).to(device)
+    # the original standardised the discriminator's input like the student's images (one flag)
+    disc_std = s["standardization"] if d["standardization"] == "student" else d["standardization"]
     disc = InputGradientDiscriminator(train.image_size, d["num_conv_layers"], d["base_channels"],
                                       d["only_fully_connected"], d["num_fc_layers"],
-                                      d["avg_pool"]).to(device)
+                                      d["avg_pool"], disc_std).to(device)
     settings = IGAMSettings(beta=g["beta"], gamma=g["gamma"], weight_decay=t["weight_decay"],
                             momentum=t["momentum"], lr_schedule=t["lr_schedule"],
                             disc_update_steps=g["disc_update_steps"],
@@ -63,6 +65,9 @@ def main(argv=None):
                                extras={"discriminator": disc})
     logger = engine.train(ckpt, run, trainer.step, batches, t["steps"], cfg, desc="IGAM")
     engine.report_clean_accuracy(student, test, cfg, device, logger, "student", run.path)
+    if g["save_input_gradients"] and info.is_main:
+        engine.save_train_test_input_gradients(student, train, test, cfg["eval"]["batch_size"],
+                                               device, run.path, "student")
 
 if __name__ == "__main__":
     run_main(distributed.entry(main))

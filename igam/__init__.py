@@ -14,13 +14,15 @@ igam.models
     Teacher(source, num_target_classes, upresize_to=None, standardization=None, bn='batch')
                                                       forward: target logits; .source_logits(x)
     InputGradientDiscriminator(image_size=32, num_conv_layers=5, base_channels=16,
-               only_fully_connected=False, num_fc_layers=3, avg_pool=False)
+               only_fully_connected=False, num_fc_layers=3, avg_pool=False,
+               standardization='zero_mean_l2')
                                                       (g_s, g_t) each (B,3,S,S) -> (2B,2) logits
     build_model(arch) -> nn.Module                    rebuild from a checkpoint's ``arch`` dict
 igam.ops
     lrelu, l2_normalize, standardize(x, 'per_image'|'zero_mean_l2'|'l2'), Conv2dSame,
     upresize(x (B,C,H,W), size) -> (B,C,size,size)   TF1 legacy bilinear, differentiable
-    BatchNorm2d / BatchNorm1d (eps 1e-3, momentum 0.1, ``stats`` switch), set_bn_stats
+    BatchNorm2d / BatchNorm1d (eps 1e-3, momentum 0.1, ``stats`` switch), set_bn_stats,
+    frozen_bn_stats(module)                   context: batch statistics, no buffer updated
 igam.gradients
     input_gradient(model, x, y, create_graph=False) -> (B,3,H,W)   d sum softmax[y] / dx
 igam.objective
@@ -28,12 +30,14 @@ igam.objective
     IGAMSettings(...), IGAMTrainer(student, teacher, discriminator, settings).step(x, y)
 igam.training
     ClassifierTrainer(model, lr_schedule, momentum, weight_decay, attack=None).step(x, y)
-    HeadFinetuner(teacher, lr=1e-3, whole_model=False).step(x, y)
+    HeadFinetuner(teacher, lr=1e-3, whole_model=False, weight_decay=2e-4).step(x, y)
     evaluate(model, batches, attack=None, bn_mode='eval') -> {"accuracy", "correct", "n",
                                                               "predictions" (N,)}
     recalibrate_bn(model, batches)
 igam.optim
     sgd(module, lr, momentum, weight_decay)   weight decay on conv/FC weights only
+    adam(module, lr, weight_decay)            Adam, the same weight decay (L2, not AdamW)
+    weight_decay_loss(module)                 sum(w^2) / 2 over conv/FC weights (differentiable)
     PiecewiseConstant(schedule)(step) -> lr   tf.train.piecewise_constant semantics
 igam.attacks
     PGD(model, eps=8, step_size=2, steps=10, random_start=True, loss='xent', restarts=1)
@@ -50,8 +54,9 @@ igam.tfcheckpoint / igam.convert
     read_tf_checkpoint(path) -> {name: np.ndarray}; model_from_tf(variables, arch) -> nn.Module
 igam.config / igam.checkpoint / igam.engine; run-time plumbing: igam.seeding, igam.device,
 igam.files (atomic writes, JSON), igam.rundir (run folder, metrics log), igam.cli (error guard)
-    load_config(defaults, argv, choices), save_checkpoint / load_checkpoint (atomic,
-    weights_only), seed_everything, resolve_device, MetricsLogger, engine.fit / Checkpointer
+    load_config(defaults, argv, choices, ranges=...), save_checkpoint / load_checkpoint
+    (atomic, weights_only), seed_everything, resolve_device, MetricsLogger, engine.fit /
+    Checkpointer, engine.save_input_gradients (float32 NHWC .npy of a whole dataset)
 igam.distributed / igam.precision
     torchrun/DDP helpers (init, wrap, unwrap, is_main, rank_seed); Precision(autocast='none'|
     'bf16', channels_last, compile) for adversarial training, attacks and evaluation

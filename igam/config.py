@@ -27,7 +27,9 @@ strings (on the command line the text is taken verbatim); a list takes a list wh
 follow the type of the default's first element (any elements if the default list is empty);
 a non-empty dict is a section whose keys are checked recursively; an empty dict is a free-form
 mapping; a None default accepts anything. ``CHOICES`` restricts a key (or every element of a
-list key) to fixed values.
+list key) to fixed values; ``RANGES`` restricts a numeric key (or every element of a list key)
+to a range, written ``">= 1"``, ``"> 0"`` or ``"[0, 1]"`` (closed interval), or ``"schedule"``:
+[step, value] pairs whose steps start at 0 and strictly increase, every value > 0.
 
 Every mistake raises :class:`igam.errors.ConfigError` with one line naming the key, where it
 came from and what was expected, with a close match for unknown keys, e.g.
@@ -42,7 +44,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
@@ -226,10 +228,12 @@ def _where(source: str) -> str:
 class _Context:
     """What the checker needs to word its messages."""
 
-    def __init__(self, schema: Mapping[str, Any], source: str, choices: Mapping[str, Any]):
+    def __init__(self, schema: Mapping[str, Any], source: str, choices: Mapping[str, Any],
+                 ranges: Mapping[str, str] | None = None):
         self.schema = schema
         self.source = source
         self.choices = choices
+        self.ranges = ranges or {}
 
     def bad(self, key: str, expected: str, value: Any, hint: str = "") -> ConfigError:
         return ConfigError(
@@ -302,6 +306,56 @@ def _check_choice(key: str, value: Any, ctx: _Context) -> None:
         )
 
 
+def _range_test(spec: str) -> Callable[[Any], bool]:
+    """The predicate of a RANGES entry (see the module docstring); ValueError if malformed."""
+    text = spec.replace(" ", "")
+    if text == "schedule":
+        return _is_schedule
+    if text.startswith("[") and text.endswith("]") and text.count(",") == 1:
+        lo, hi = (float(v) for v in text[1:-1].split(","))
+        return lambda v: lo <= v <= hi
+    for op, test in ((">=", lambda v, b: v >= b), (">", lambda v, b: v > b)):
+        if text.startswith(op):
+            bound = float(text[len(op):])
+            return lambda v, test=test, bound=bound: test(v, bound)
+    raise ValueError(f"RANGES entry {spec!r} is not '>= x', '> x', '[a, b]' or 'schedule'")
+
+
+def _is_schedule(value: Any) -> bool:
+    if not isinstance(value, list) or not value:
+        return False
+    if not all(isinstance(p, list) and len(p) == 2 for p in value):
+        return False
+    steps = [p[0] for p in value]
+    return (steps[0] == 0 and all(a < b for a, b in zip(steps, steps[1:]))
+            and all(p[1] > 0 for p in value))
+
+
+def _range_words(spec: str, value: Any) -> str:
+    if spec.replace(" ", "") == "schedule":
+        return ("a list of [step, value] pairs whose steps start at 0 and strictly increase, "
+                "every value > 0")
+    kind = "an integer" if isinstance(value, int) and not isinstance(value, bool) else "a number"
+    spec = spec.strip()
+    return f"{kind} in {spec}" if spec.startswith("[") else f"{kind} {spec}"
+
+
+def _check_range(key: str, value: Any, ctx: _Context) -> None:
+    spec = ctx.ranges.get(key)
+    if spec is None:
+        return
+    test = _range_test(spec)
+    if spec.replace(" ", "") == "schedule":
+        if not test(value):
+            raise ctx.bad(key, _range_words(spec, value), value)
+        return
+    items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+    for index, item in items:
+        if not test(item):
+            name = key if index is None else f"{key}[{index}]"
+            raise ctx.bad(name, _range_words(spec, item), item)
+
+
 def _merge_into(
     cfg: dict[str, Any],
     update: Mapping[str, Any],
@@ -327,6 +381,7 @@ def _merge_into(
             value = _deep_update(copy.deepcopy(dict(cfg[key])), value)  # free-form: merge
         cfg[key] = value
         _check_choice(name, cfg[key], ctx)
+        _check_range(name, cfg[key], ctx)
 
 
 def _deep_update(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -344,14 +399,16 @@ def merge_config(
     schema: Mapping[str, Any],
     source: str,
     choices: Mapping[str, Sequence[Any]] | None = None,
+    ranges: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Return a copy of ``cfg`` with the nested ``update`` applied, checked against ``schema``.
+    """Return a copy of ``cfg`` with the nested ``update`` applied, checked against ``schema``
+    (types), ``choices`` and ``ranges``.
 
     ``source`` names where ``update`` came from in error messages (a file path, or
     ``igam.config.CLI``).
     """
     result = copy.deepcopy(dict(cfg))
-    _merge_into(result, update, schema, "", _Context(schema, source, choices or {}))
+    _merge_into(result, update, schema, "", _Context(schema, source, choices or {}, ranges))
     return result
 
 
@@ -481,7 +538,8 @@ def _cli_update(
     return _nest(key, _parse_cli_value(raw, default))
 
 
-def _validate_schema(schema: Mapping[str, Any], choices: Mapping[str, Sequence[Any]]) -> None:
+def _validate_schema(schema: Mapping[str, Any], choices: Mapping[str, Sequence[Any]],
+                     ranges: Mapping[str, str]) -> None:
     for reserved in _RESERVED:
         if reserved in schema:
             raise ValueError(f"config schema may not define the key '{reserved}'")
@@ -492,6 +550,15 @@ def _validate_schema(schema: Mapping[str, Any], choices: Mapping[str, Sequence[A
         for item in default if isinstance(default, (list, tuple)) else [default]:
             if item is not None and item not in list(allowed):
                 raise ValueError(f"default {item!r} of '{key}' is not among its CHOICES")
+    for key, spec in ranges.items():
+        found, default = _schema_default(schema, key)
+        if not found:
+            raise ValueError(f"RANGES names '{key}', which is not in the config schema")
+        try:
+            _check_range(key, _plain(default), _Context(schema, "the schema", {}, ranges))
+        except ConfigError:
+            raise ValueError(f"default {default!r} of '{key}' is outside its range {spec!r}") \
+                from None
 
 
 def format_help(
@@ -500,9 +567,11 @@ def format_help(
     key_help: Mapping[str, str] | None = None,
     prog: str | None = None,
     description: str | None = None,
+    ranges: Mapping[str, str] | None = None,
 ) -> str:
     """The ``--help`` text: usage, then every config key with its default (as YAML/JSON)."""
     choices = choices or {}
+    ranges = ranges or {}
     key_help = key_help or {}
     prog = prog or Path(sys.argv[0]).name or "script"
     lines = [f"usage: {prog} [-h] [--config FILE] [--KEY VALUE | --KEY=VALUE ...]", ""]
@@ -523,6 +592,8 @@ def format_help(
         extra = []
         if key in choices:
             extra.append("one of: " + ", ".join(str(c) for c in choices[key]))
+        if key in ranges:
+            extra.append(ranges[key])
         if key in key_help:
             extra.append(key_help[key])
         line = f"  --{key:<{width}} {text}"
@@ -537,28 +608,32 @@ def load_config(
     argv: Sequence[str] | None = None,
     choices: Mapping[str, Sequence[Any]] | None = None,
     *,
+    ranges: Mapping[str, str] | None = None,
     key_help: Mapping[str, str] | None = None,
     prog: str | None = None,
     description: str | None = None,
 ) -> dict[str, Any]:
     """Resolve a config: ``defaults`` < each ``--config`` file in order < command-line overrides.
 
-    ``argv`` defaults to ``sys.argv[1:]``. ``choices`` maps dotted keys to allowed values;
-    ``key_help`` maps dotted keys to one-line help shown by ``--help`` (which prints and raises
-    ``SystemExit(0)``). Returns a fresh nested dict (tuples in the defaults become lists).
+    ``argv`` defaults to ``sys.argv[1:]``. ``choices`` maps dotted keys to allowed values,
+    ``ranges`` to allowed ranges (see the module docstring); ``key_help`` maps dotted keys to
+    one-line help shown by ``--help`` (which prints and raises ``SystemExit(0)``). Returns a
+    fresh nested dict (tuples in the defaults become lists).
     Invalid input raises :class:`ConfigError` (see the module docstring).
     """
     choices = dict(choices or {})
-    _validate_schema(defaults, choices)
+    ranges = dict(ranges or {})
+    _validate_schema(defaults, choices, ranges)
     files, items, want_help = _split_argv(sys.argv[1:] if argv is None else argv)
     if want_help:
-        sys.stdout.write(format_help(defaults, choices, key_help, prog, description))
+        sys.stdout.write(format_help(defaults, choices, key_help, prog, description, ranges))
         sys.stdout.flush()
         raise SystemExit(0)
     cfg = _plain(copy.deepcopy(dict(defaults)))
     for file in files:
-        cfg = merge_config(cfg, load_yaml_file(file), defaults, str(file), choices)
-    ctx = _Context(defaults, CLI, choices)
+        cfg = merge_config(cfg, load_yaml_file(file), defaults, str(file), choices, ranges)
+    ctx = _Context(defaults, CLI, choices, ranges)
     for key, raw in items:
-        cfg = merge_config(cfg, _cli_update(key, raw, defaults, ctx), defaults, CLI, choices)
+        cfg = merge_config(cfg, _cli_update(key, raw, defaults, ctx), defaults, CLI, choices,
+                           ranges)
     return cfg

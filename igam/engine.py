@@ -31,7 +31,10 @@ from igam.data import eval_batches, load_dataset
 from igam.device import set_fidelity
 from igam.distributed import unwrap
 from igam.errors import CheckpointError, ConfigError
+from igam.files import atomic_write
+from igam.gradients import input_gradient
 from igam.models import Teacher, build_model
+from igam.ops import frozen_bn_stats
 from igam.rundir import MetricsLogger
 from igam.seeding import rng_state, seed_everything, set_rng_state
 from igam.training import evaluate
@@ -364,3 +367,34 @@ def report_clean_accuracy(model: nn.Module, test, cfg: Mapping[str, Any], device
         print(f"{what} clean accuracy on {test.name}: {100 * res['accuracy']:.2f}% "
               f"({res['correct']}/{res['n']}); model saved in {run_path}")
     return res
+
+
+def save_input_gradients(model: nn.Module, dataset, batch_size: int, device, path: Path) -> None:
+    """Input gradients d softmax[y]/dx of every example of ``dataset``, float32 NHWC .npy.
+
+    As the original (which saved them after finetuning the teacher and after IGAM training):
+    the model in train mode, batches of ``batch_size`` in dataset order (the partial last one
+    included), BatchNorm with batch statistics - without updating any running statistics
+    (:func:`igam.ops.frozen_bn_stats`), so the model is unchanged. Written atomically.
+    """
+    was_training = model.training
+    model.train()
+    grads = []
+    try:
+        with frozen_bn_stats(model):
+            for x, y in tqdm(eval_batches(dataset, batch_size, device), leave=False,
+                             desc=f"gradients {path.name}", total=-(-len(dataset) // batch_size)):
+                grads.append(input_gradient(model, x, y).permute(0, 2, 3, 1).cpu().numpy())
+    finally:
+        model.train(was_training)
+    with atomic_write(path, "wb", encoding=None) as fh:
+        np.save(fh, np.concatenate(grads).astype(np.float32))
+
+
+def save_train_test_input_gradients(model: nn.Module, train, test, batch_size: int, device,
+                                    run_dir: Path, who: str) -> None:
+    """:func:`save_input_gradients` of both splits: ``<who>_input_gradients_{train,test}.npy``
+    in ``run_dir``."""
+    for name, data in (("train", train), ("test", test)):
+        save_input_gradients(model, data, batch_size, device,
+                             Path(run_dir) / f"{who}_input_gradients_{name}.npy")

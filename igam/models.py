@@ -206,7 +206,8 @@ class InputGradientDiscriminator(nn.Module):
 
     Input: the two gradient batches are concatenated along the batch and go through ONE
     forward pass (its BN statistics mix both halves, as the original). The concatenation is
-    standardised with ``standardization`` ('zero_mean_l2' in the paper), then:
+    standardised with ``standardization`` ('zero_mean_l2' in the paper; train_igam.py uses the
+    student's, as the original tied both to one flag), then:
     conv variant: ``num_conv_layers`` x [4x4 stride-2 SAME conv with bias (channels
     base * 2^i) -> BN -> lrelu], optional global average pool, FC to 2 logits;
     fully-connected variant: ``num_fc_layers`` x [FC (base, ..., base, base // 2) -> BN ->

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from igam.distributed import unwrap
 from igam.gradients import input_gradient, input_gradient_from_logits
-from igam.optim import PiecewiseConstant, set_lr, sgd
+from igam.optim import PiecewiseConstant, adam, set_lr, sgd
 
 
 def random_pert(x: torch.Tensor, eps: float, generator: torch.Generator | None = None):
@@ -104,7 +104,8 @@ class IGAMTrainer:
          teacher gives the same g_t for the same x).
     One SGD optimiser (one momentum buffer) serves both student losses. The discriminator's
     optimiser is SGD on the same schedule (``same_optimizer``) - read at the incremented
-    global step, as the original's shared ``learning_rate`` tensor - or Adam(1e-3).
+    global step, as the original's shared ``learning_rate`` tensor - or Adam(1e-3); either
+    minimises D_xent + weight_decay * the discriminator's conv/FC weight term.
 
     Data parallel (``igam.distributed``): g_s is taken with ``torch.autograd.grad`` w.r.t. x
     only, which fires no DDP hook; the student's ``backward(inputs=student params)`` fires the
@@ -130,7 +131,7 @@ class IGAMTrainer:
             self.disc_opt = sgd(discriminator, self.schedule(0), settings.momentum,
                                 settings.weight_decay)
         else:
-            self.disc_opt = torch.optim.Adam(discriminator.parameters(), lr=settings.disc_adam_lr)
+            self.disc_opt = adam(discriminator, settings.disc_adam_lr, settings.weight_decay)
         self.generator = generator
         self.iteration = 0
         self.global_step = 0

@@ -20,7 +20,9 @@ TensorFlow graph computed:
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
@@ -174,6 +176,26 @@ def set_bn_stats(module: nn.Module, stats: str | None) -> None:
     for m in module.modules():
         if isinstance(m, _StatsSwitch):
             m.stats = stats
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(module: nn.Module) -> Iterator[None]:
+    """Inside the block, every igam BatchNorm of ``module`` that follows train()/eval() (switch
+    None) uses batch statistics and leaves its running statistics (and batch count) untouched;
+    switches already set stay as they are, and all are restored afterwards.
+
+    A train-mode forward inside it computes what a train-mode forward computes, but updates no
+    buffer: used where the original ran no extra forward (logging natural accuracy during
+    adversarial training) or where the model is only read (saving input gradients).
+    """
+    free = [m for m in module.modules() if isinstance(m, _StatsSwitch) and m.stats is None]
+    for m in free:
+        m.stats = "batch"
+    try:
+        yield
+    finally:
+        for m in free:
+            m.stats = None
 
 
 def _legacy_bilinear_matrix(in_size: int, out_size: int, device, dtype) -> torch.Tensor:

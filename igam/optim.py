@@ -47,14 +47,25 @@ def sgd(module: nn.Module, lr: float, momentum: float = 0.9,
 
 
 def weight_decay_loss(module: nn.Module) -> torch.Tensor:
-    """The original's ``sum(tf.nn.l2_loss(DW))`` = sum(w^2) / 2 over conv/FC weights.
+    """The original's ``sum(tf.nn.l2_loss(DW))`` = sum(w^2) / 2 over trainable conv/FC weights.
 
-    Only for logging the loss the original reported; training uses SGD's weight_decay.
+    Differentiable. SGD gets this term through ``weight_decay`` (:func:`sgd`); the teacher's
+    whole-model Adam finetuning adds it to its loss (``igam.training.HeadFinetuner``).
     """
     decay, _ = decay_parameters(module)
     if not decay:
         return torch.zeros(())
-    return sum(p.detach().pow(2).sum() for p in decay) / 2
+    return sum(p.pow(2).sum() for p in decay) / 2
+
+
+def adam(module: nn.Module, lr: float = 1e-3, weight_decay: float = 2e-4) -> torch.optim.Adam:
+    """Adam minimising loss + ``weight_decay`` * :func:`weight_decay_loss`: ``torch.optim.Adam``'s
+    ``weight_decay`` adds ``wd * w`` to the gradient (L2, not AdamW's decoupled decay), on
+    conv/FC weights only, exactly the gradient of that term."""
+    decay, other = decay_parameters(module)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": other, "weight_decay": 0.0}]
+    return torch.optim.Adam([g for g in groups if g["params"]], lr=lr)
 
 
 class PiecewiseConstant:

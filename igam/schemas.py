@@ -2,7 +2,9 @@
 
 Each schema is the source of truth for its script's keys: ``configs/*.yaml`` override the
 defaults, command-line ``--dotted.key value`` overrides the files (``igam.config``). Defaults
-are the paper's settings (SPEC 4-6, 9); the YAML files document every key.
+are the paper's settings (SPEC 4-6, 9); the YAML files document every key. Beside each schema,
+``*_CHOICES`` lists the allowed values of its string keys and ``*_RANGES`` the allowed range of
+every numeric key (``">= 1"``, ``"> 0"``, ``"[0, 1]"``, ``"schedule"``; ``igam.config``).
 """
 
 from __future__ import annotations
@@ -25,10 +27,25 @@ _RUN = {
 
 _DATA = {"dataset": "cifar10", "root": "datasets/cifar10"}
 
+_RUNTIME_RANGES = {"seed": ">= 0"}
+_RUN_RANGES = {**_RUNTIME_RANGES, "log_every": ">= 1", "checkpoint_every": ">= 1"}
+
 _WRN = {"widths": [16, 160, 320, 640], "units_per_stage": 5,
         "standardization": "zero_mean_l2"}
 
 _EVAL = {"batch_size": 100, "bn_mode": "eval", "num_examples": 0}
+
+
+def _in(section: str, ranges: dict) -> dict:
+    """``{"steps": r}`` -> ``{"section.steps": r}``."""
+    return {f"{section}.{key}": spec for key, spec in ranges.items()}
+
+
+_WRN_RANGES = {"widths": ">= 1", "units_per_stage": ">= 1"}
+_EVAL_RANGES = _in("eval", {"batch_size": ">= 1", "num_examples": ">= 0"})  # 0 = all
+_SGD_RANGES = {"steps": ">= 1", "batch_size": ">= 1", "lr_schedule": "schedule",
+               "momentum": "[0, 1]", "weight_decay": ">= 0"}
+_ATTACK_RANGES = {"eps": "> 0", "step_size": "> 0", "steps": ">= 1"}
 
 # Speed options (igam.precision); the defaults keep the faithful fp32 computation (SPEC 1).
 # Offered where only first-order gradients are taken: adversarial training, attacks, eval.
@@ -53,6 +70,9 @@ ADVTRAIN = {
 ADVTRAIN_CHOICES = {"data.dataset": _DATASETS, "model.standardization": _STD,
                     "attack.loss": ["xent", "cw"], "eval.bn_mode": ["eval", "train"],
                     **_PRECISION_CHOICES}
+ADVTRAIN_RANGES = {**_RUN_RANGES, **_in("model", _WRN_RANGES), **_EVAL_RANGES,
+                   **_in("train", {**_SGD_RANGES, "steps_before_adv_training": ">= 0"}),
+                   **_in("attack", _ATTACK_RANGES)}
 
 FINETUNE = {
     **_RUNTIME, **_RUN,
@@ -61,12 +81,15 @@ FINETUNE = {
     "data": dict(_DATA),
     "teacher": {"upresize_to": 64, "standardization": "l2", "bn": "batch"},
     "finetune": {"steps": 4700, "batch_size": 64, "lr": 0.001, "whole_model": False,
-                 "augment": True, "img_random_pert": False, "eps": 8.0,
+                 "weight_decay": 0.0002, "augment": True, "img_random_pert": False, "eps": 8.0,
                  "recalibrate_bn": True, "save_input_gradients": False},
     "eval": dict(_EVAL),
 }
 FINETUNE_CHOICES = {"data.dataset": _DATASETS, "teacher.standardization": _STD + ["source"],
                     "teacher.bn": ["batch", "running"], "eval.bn_mode": ["eval", "train"]}
+FINETUNE_RANGES = {**_RUN_RANGES, "teacher.upresize_to": ">= 0", **_EVAL_RANGES,  # 0: none
+                   **_in("finetune", {"steps": ">= 1", "batch_size": ">= 1", "lr": "> 0",
+                                      "weight_decay": ">= 0", "eps": ">= 0"})}
 
 IGAM = {
     **_RUNTIME, **_RUN,
@@ -76,16 +99,24 @@ IGAM = {
     "data": dict(_DATA),
     "student": dict(_WRN),
     "discriminator": {"num_conv_layers": 4, "base_channels": 8, "only_fully_connected": False,
-                      "num_fc_layers": 3, "avg_pool": False},
+                      "num_fc_layers": 3, "avg_pool": False, "standardization": "student"},
     "igam": {"beta": 5.0, "gamma": 10.0, "disc_update_steps": 5,
              "steps_before_adv_opt": 280000, "img_random_pert": False, "eps": 8.0,
-             "same_optimizer": True},
+             "same_optimizer": True, "save_input_gradients": False},
     "train": {"steps": 320000, "batch_size": 32, "lr_schedule": PAPER_LR, "momentum": 0.9,
               "weight_decay": 0.0002, "augment": True},
     "eval": dict(_EVAL),
 }
 IGAM_CHOICES = {"data.dataset": _DATASETS, "student.standardization": _STD,
+                "discriminator.standardization": ["student"] + _STD,
                 "teacher_bn": ["batch", "running"], "eval.bn_mode": ["eval", "train"]}
+IGAM_RANGES = {**_RUN_RANGES, **_in("student", _WRN_RANGES), **_EVAL_RANGES,
+               # base_channels >= 2: the last FC layer of the FC variant has base // 2 units
+               **_in("discriminator", {"num_conv_layers": ">= 1", "base_channels": ">= 2",
+                                       "num_fc_layers": ">= 1"}),
+               **_in("igam", {"beta": ">= 0", "gamma": ">= 0", "disc_update_steps": ">= 1",
+                              "steps_before_adv_opt": ">= 0", "eps": ">= 0"}),
+               **_in("train", _SGD_RANGES)}
 
 ATTACK = {
     **_RUNTIME,
@@ -104,3 +135,5 @@ ATTACK = {
 ATTACK_CHOICES = {"data.dataset": [""] + _DATASETS, "attack.method": ["pgd", "fgsm", "pgd_l2"],
                   "attack.loss": ["xent", "cw"], "eval.bn_mode": ["eval", "train"],
                   **_PRECISION_CHOICES}
+ATTACK_RANGES = {**_RUNTIME_RANGES, **_EVAL_RANGES,
+                 **_in("attack", {**_ATTACK_RANGES, "restarts": ">= 1"})}

@@ -15,8 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from igam import distributed
-from igam.ops import set_bn_stats
-from igam.optim import PiecewiseConstant, set_lr, sgd
+from igam.ops import frozen_bn_stats, set_bn_stats
+from igam.optim import PiecewiseConstant, set_lr, sgd, weight_decay_loss
 
 
 class ClassifierTrainer:
@@ -25,7 +25,10 @@ class ClassifierTrainer:
     Each step: if ``attack`` is given and ``step >= steps_before_adv_training``, replace the
     batch by the attack's adversarial examples, crafted against the current model in train
     mode (as the original); then one SGD step on CE (+ weight decay on conv/FC weights) with
-    the piecewise-constant learning rate of the global step.
+    the piecewise-constant learning rate of the global step. The natural accuracy it logs
+    comes from a batch-statistics forward that updates no buffer, so BatchNorm running averages
+    are updated exactly as in the original: once per PGD iteration and once by the training
+    forward (``attack.steps + 1`` times per step).
 
     Data parallel / precision: ``model`` may be a DistributedDataParallel and/or
     ``igam.precision`` wrapper (the step's forward then runs e.g. under bf16 autocast, the loss
@@ -54,7 +57,7 @@ class ClassifierTrainer:
         self.model.train()
         out = {}
         if self.attack is not None and self.global_step >= self.steps_before_adv_training:
-            with torch.no_grad():
+            with torch.no_grad(), frozen_bn_stats(self.model):
                 out["nat_accuracy"] = (self.model(x).argmax(1) == y).float().mean()
             x = self.attack(x, y)
         logits = self.model(x)
@@ -78,16 +81,26 @@ class ClassifierTrainer:
 class HeadFinetuner:
     """Fit the teacher's new target head (or the whole teacher) with Adam (SPEC 6).
 
-    Loss: CE of the target head; no weight decay (the original's new head had none).
+    Loss, as the original's: CE of the target head + ``weight_decay`` * the source network's
+    weight-decay term ``sum(w^2) / 2`` over its conv/FC weights (the source head's included,
+    the new head's not: the original built that term before the new head existed). With the
+    source frozen the term has no gradient, so only ``whole_model`` training computes it; the
+    new head is never decayed. Adam sees the term as part of the loss (its gradient
+    ``wd * w`` is rescaled by Adam like any other), so the source head's weight, which the
+    target logits do not use, is still decayed; its bias gets no gradient and is frozen.
     The teacher's BatchNorm runs as its ``bn`` setting says ('batch' in the original).
-    ``wrap`` (e.g. ``igam.distributed.wrap``) is applied to the teacher after the source is
-    frozen, so that DistributedDataParallel synchronises only the trained parameters.
+    ``wrap`` (e.g. ``igam.distributed.wrap``) is applied to the teacher after freezing, so
+    that DistributedDataParallel synchronises only the trained parameters.
     """
 
     def __init__(self, teacher: nn.Module, lr: float = 1e-3, whole_model: bool = False,
-                 wrap=None):
-        if not whole_model:
+                 weight_decay: float = 2e-4, wrap=None):
+        if whole_model:
+            teacher.source.fc.bias.requires_grad_(False)
+        else:
             teacher.freeze_source()
+        self.source = teacher.source
+        self.weight_decay = weight_decay if whole_model else 0.0
         params = [p for p in teacher.parameters() if p.requires_grad]
         self.teacher = wrap(teacher) if wrap is not None else teacher
         self.optimizer = torch.optim.Adam(params, lr=lr)
@@ -96,12 +109,15 @@ class HeadFinetuner:
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         self.teacher.train()
         logits = self.teacher(x)
-        loss = F.cross_entropy(logits, y)
+        xent = F.cross_entropy(logits, y)
+        loss = xent
+        if self.weight_decay:
+            loss = loss + self.weight_decay * weight_decay_loss(self.source)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.global_step += 1
-        return {"xent": loss.detach(), "accuracy": (logits.argmax(1) == y).float().mean()}
+        return {"xent": xent.detach(), "accuracy": (logits.argmax(1) == y).float().mean()}
 
     def state_dict(self) -> dict:
         return {"global_step": self.global_step, "optimizer": self.optimizer.state_dict()}

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the runtime dependencies (torch, torchvision, numpy, pyyaml, tqdm).
+# Install the runtime dependencies (requirements.txt). scripts/demo.sh and scripts/test.sh
+# install what they need themselves when it is missing.
 # For a specific CUDA build of torch, install torch first following pytorch.org, then run this.
 set -euo pipefail
 cd "$(dirname "$0")/.."

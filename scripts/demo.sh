@@ -16,9 +16,8 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 start=$(date +%s)
 
 # 1. environment: install the dependencies if they are missing
-if ! $PY -c "import torch, torchvision, numpy, yaml, tqdm" 2>/dev/null; then
-  $PY -m pip install -r requirements.txt
-fi
+source scripts/_deps.sh
+ensure_requirements requirements.txt
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
 # 2. synthetic datasets in the official on-disk formats

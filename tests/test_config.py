@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 import yaml
 
+from igam import schemas
 from igam.config import (
     config_to_flat,
     load_config,
@@ -216,3 +220,80 @@ def test_bad_schema_is_a_programming_error():
         load_config(DEFAULTS, [], {"train.nope": ["a"]})
     with pytest.raises(ValueError, match="not among its CHOICES"):
         load_config(DEFAULTS, [], {"train.teacher_bn": ["running"]})
+    with pytest.raises(ValueError, match="outside its range"):
+        load_config(DEFAULTS, [], ranges={"train.batch_size": "> 32"})
+    with pytest.raises(ValueError, match="RANGES entry"):
+        load_config(DEFAULTS, [], ranges={"train.batch_size": "positive"})
+
+
+# ----------------------------------------------------------------------------------------------
+# Ranges of the entry scripts' numeric keys (igam.schemas *_RANGES)
+
+SCRIPT_SCHEMAS = {name: (getattr(schemas, name), getattr(schemas, f"{name}_CHOICES"),
+                         getattr(schemas, f"{name}_RANGES"))
+                  for name in ("ADVTRAIN", "FINETUNE", "IGAM", "ATTACK")}
+
+
+def _is_numeric(value) -> bool:
+    if isinstance(value, list):
+        return bool(value) and _is_numeric(value[0])
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _outside(spec: str, default):
+    """A value of the default's type just outside ``spec`` (and one on its bound)."""
+    text = spec.replace(" ", "")
+    if text == "schedule":
+        return [[1.0, 0.1]], [[0.0, 0.1]]
+    step = 1 if isinstance(default, int) else 0.5
+    if text.startswith("["):
+        lo, hi = (type(default)(v) for v in text[1:-1].split(","))
+        return hi + step, hi
+    bound = type(default)(float(text.lstrip(">=")))
+    return (bound - step, bound) if text.startswith(">=") else (bound, bound + step)
+
+
+RANGE_CASES = [(name, key, spec) for name, (schema, _, ranges) in SCRIPT_SCHEMAS.items()
+               for key, spec in ranges.items()]
+
+
+def test_every_numeric_key_of_every_script_has_a_range():
+    for name, (schema, _, ranges) in SCRIPT_SCHEMAS.items():
+        numeric = [k for k, v in config_to_flat(schema).items() if _is_numeric(v)]
+        assert sorted(numeric) == sorted(ranges), name
+
+
+@pytest.mark.parametrize("name,key,spec", RANGE_CASES, ids=[f"{n}:{k}" for n, k, _ in RANGE_CASES])
+def test_out_of_range_value_is_a_one_line_error_naming_the_key(name, key, spec):
+    schema, choices, ranges = SCRIPT_SCHEMAS[name]
+    default = config_to_flat(schema)[key]
+    element = default[0] if isinstance(default, list) and spec != "schedule" else default
+    bad, edge = _outside(spec, element)
+    as_text = (lambda v: json.dumps([v] * len(default))) if element is not default else json.dumps
+    cfg = load_config(schema, [f"--{key}", as_text(edge)], choices, ranges=ranges)
+    assert config_to_flat(cfg)[key] is not None  # the bound itself is accepted
+    with pytest.raises(ConfigError) as info:
+        load_config(schema, [f"--{key}", as_text(bad)], choices, ranges=ranges)
+    message = str(info.value)
+    assert "\n" not in message and f"'{key}" in message and "expected" in message
+
+
+@pytest.mark.parametrize("argv,key", [
+    (["--train.steps", "-5"], "train.steps"),
+    (["--train.lr_schedule", "[[5, 0.1]]"], "train.lr_schedule"),  # must start at step 0
+    (["--train.lr_schedule", "[[0, 0.1], [9, 0.01], [9, 0.001]]"], "train.lr_schedule"),
+    (["--train.lr_schedule", "[[0, 0.1], [9]]"], "train.lr_schedule"),
+    (["--igam.beta", "-1"], "igam.beta"),
+    (["--student.widths", "16,0,32,64"], "student.widths[1]"),
+])
+def test_igam_script_range_errors(argv, key):
+    with pytest.raises(ConfigError, match=re.escape(f"config key '{key}' on the command line")):
+        load_config(schemas.IGAM, argv, schemas.IGAM_CHOICES, ranges=schemas.IGAM_RANGES)
+
+
+def test_range_error_in_a_file_names_the_file(tmp_path):
+    bad = write(tmp_path / "bad.yaml", "train:\n  steps: 0\n")
+    with pytest.raises(ConfigError, match=re.escape(f"config key 'train.steps' in {bad}: "
+                                                    "expected an integer >= 1, got 0")):
+        load_config(schemas.IGAM, ["--config", bad], schemas.IGAM_CHOICES,
+                    ranges=schemas.IGAM_RANGES)

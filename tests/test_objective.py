@@ -163,6 +163,40 @@ def test_igam_trainer_resume_is_exact():
     torch.testing.assert_close(torch.stack(got), torch.stack(ref))
 
 
+def test_adam_discriminator_minimises_xent_plus_its_weight_decay():
+    """same_optimizer false: Adam(1e-3) on D_xent + wd * sum(w^2)/2 over the discriminator's
+    conv/FC weights, as the original's d_optimizer.minimize(total_d_loss)."""
+    wd = 1.0  # large, so that the term changes the signs Adam's first step follows
+    torch.manual_seed(0)
+    student, teacher = tiny(), Teacher(tiny(20), 10, bn="batch")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    disc = InputGradientDiscriminator(image_size=8, num_conv_layers=2, base_channels=4)
+    d_before = copy.deepcopy(disc)
+    s = IGAMSettings(beta=1.0, gamma=1.0, weight_decay=wd, lr_schedule=((0, 0.1),),
+                     disc_update_steps=1, steps_before_adv_opt=0, same_optimizer=False)
+    tr = IGAMTrainer(student, teacher, disc, s)
+    x = torch.rand(4, 3, 8, 8) * 255
+    y = torch.tensor([0, 1, 2, 3])
+    assert "d_step_disc_xent" in tr.step(x, y)
+    g_s = input_gradient(copy.deepcopy(student).train(), x, y)
+    g_t = input_gradient(teacher, x, y)
+
+    def adam_step(weight_decay):
+        d = copy.deepcopy(d_before).train()
+        xent = F.cross_entropy(d(g_s, g_t), InputGradientDiscriminator.labels(4))
+        dw = [m.weight for m in d.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        opt = torch.optim.Adam(d.parameters(), lr=1e-3)
+        (xent + weight_decay * sum(w.pow(2).sum() for w in dw) / 2).backward()
+        opt.step()
+        return d
+
+    want, without = adam_step(wd), adam_step(0.0)
+    for (name, got), p in zip(disc.named_parameters(), want.parameters()):
+        torch.testing.assert_close(got, p, rtol=1e-5, atol=1e-7, msg=name)
+    assert not torch.allclose(disc.logit.weight, without.logit.weight)  # the term matters
+
+
 def test_adam_discriminator_option_and_random_pert():
     *_, tr = make_igam(same=False)
     assert isinstance(tr.disc_opt, torch.optim.Adam)

@@ -155,7 +155,8 @@ def test_existing_run_is_not_clobbered(pipeline):
 
 
 @pytest.mark.parametrize("case", ["no_dataset", "wrong_arch", "corrupt_ckpt", "bad_key",
-                                  "adv_shape", "adv_range", "adv_eps"])
+                                  "adv_shape", "adv_range", "adv_eps", "negative_steps",
+                                  "schedule_start", "negative_eps"])
 def test_bad_input_gives_one_line_error(pipeline, case, tmp_path):
     w, igam_args = pipeline
     attack_cfg = str(REPO / "configs/attack_pgds5.yaml")
@@ -165,14 +166,28 @@ def test_bad_input_gives_one_line_error(pipeline, case, tmp_path):
                            "--model_dir", str(tmp_path / "m")),
             "corrupt_ckpt": ("run_attack.py", "--config", attack_cfg, "--model_dir",
                              str(tmp_path / "bad"), "--data.root", "data/c10"),
-            "bad_key": ("train_igam.py", *igam_args, "--igam.betta", "1")}
+            "bad_key": ("train_igam.py", *igam_args, "--igam.betta", "1"),
+            "negative_steps": ("train_advtrain_tinyimagenet.py", "--config",
+                               str(REPO / "configs/advtrain_tinyimagenet.yaml"), *FAST, *TINY,
+                               "--data.root", "data/tiny", "--model_dir", str(tmp_path / "m"),
+                               "--train.steps", "-5"),
+            "schedule_start": ("train_igam.py", *igam_args, "--model_dir", str(tmp_path / "m"),
+                               "--train.lr_schedule", "[[5, 0.1]]"),
+            "negative_eps": ("run_attack.py", "--config", attack_cfg, "--model_dir",
+                             "models/igam", "--data.root", "data/c10", "--attack.eps", "-1")}
     if case == "corrupt_ckpt":
         (tmp_path / "bad").mkdir()
         data = (w / "models/igam/checkpoint.pt").read_bytes()
         (tmp_path / "bad/checkpoint.pt").write_bytes(data[: len(data) // 2])
     expect = {"no_dataset": "nowhere", "wrong_arch": "teacher", "corrupt_ckpt": "checkpoint",
               "bad_key": "did you mean 'igam.beta'", "adv_shape": "shape",
-              "adv_range": "[0, 255]", "adv_eps": "eps"}[case]
+              "adv_range": "[0, 255]", "adv_eps": "eps",
+              "negative_steps": "config key 'train.steps' on the command line: expected an "
+                                "integer >= 1, got -5",
+              "schedule_start": "config key 'train.lr_schedule' on the command line: expected "
+                                "a list of [step, value] pairs whose steps start at 0",
+              "negative_eps": "config key 'attack.eps' on the command line: expected a number "
+                              "> 0, got -1"}[case]
     if case.startswith("adv_"):
         adv = np.load(w / "attacks/igam_pgds5_attack.npy")
         if case == "adv_shape":
@@ -190,6 +205,35 @@ def test_bad_input_gives_one_line_error(pipeline, case, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and expect in lines[-1], lines[-1]
     assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "m").exists()  # refused before any work
+
+
+def test_discriminator_standardisation_follows_student_and_student_gradients(pipeline):
+    """As the original's one normalize_zero_mean flag: the discriminator standardises its input
+    gradients like the student its images; igam.save_input_gradients stores the student's
+    input gradients of both splits (train-mode batch statistics, as the original)."""
+    w, igam_args = pipeline
+    assert load_checkpoint(w / "models/igam")["discriminator_arch"]["standardization"] == \
+        "zero_mean_l2"
+    run("train_igam.py", *igam_args, "--model_dir", "models/igam_l2", "--train.steps", "3",
+        "--student.standardization", "l2", "--igam.save_input_gradients", "true", cwd=w)
+    d = w / "models/igam_l2"
+    assert load_checkpoint(d)["discriminator_arch"]["standardization"] == "l2"
+    from igam.data import load_cifar10
+    from igam.engine import load_model
+    from igam.gradients import input_gradient
+
+    student, _ = load_model(d)
+    student.train()  # batch statistics in batches of eval.batch_size, in dataset order
+    for split, data in zip(("train", "test"), load_cifar10(w / "data/c10")):
+        x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float().contiguous()
+        y = torch.from_numpy(data.labels)
+        want = torch.cat([input_gradient(student, x[i:i + 50], y[i:i + 50])
+                          for i in range(0, len(x), 50)]).permute(0, 2, 3, 1).numpy()
+        got = np.load(d / f"student_input_gradients_{split}.npy")
+        assert got.dtype == np.float32 and got.shape == want.shape == data.images.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+        assert np.abs(got).sum() > 0
 
 
 def test_real_data_pipeline(shared_data, tmp_path):

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test suite in one command (what CI runs): installs what the tests need if it is missing
+# (requirements-dev.txt, and requirements-autoattack.txt when the repository has it), then runs
+# pytest; its exit code is this script's.
+# Usage: bash scripts/test.sh [pytest arguments]     e.g. bash scripts/test.sh -x -k config
+# Tests on the real CIFAR-10 / Tiny-ImageNet subsets read $IGAM_SHARED_DATA (README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+source scripts/_deps.sh
+ensure_requirements requirements-dev.txt
+if [ -f requirements-autoattack.txt ]; then
+  ensure_requirements requirements-autoattack.txt
+fi
+exec "$PY" -m pytest -q tests "$@"
