@@ -343,9 +343,9 @@ class Attack:
         iterate is returned and the example leaves the active batch, also for the
         remaining restarts. An example no restart fools gets, as in :meth:`_attack`, the
         final iterate with the highest loss (the earlier restart on ties). The misclassified
-        check reuses the logits of each gradient forward, so a run costs at most one extra
-        forward (of the examples left after the last step) plus, with a random start, one
-        clean forward.
+        check reuses the logits of each gradient forward, so the extra cost is one clean
+        forward with a random start, and with restarts one forward per run of the examples
+        left after its last step.
         """
         best = x_nat.clone()
         best_loss = torch.full(y.shape, float("-inf"), device=y.device)
@@ -373,6 +373,9 @@ class Attack:
                         break
                 x = self._step(x, grad, xn)
             if idx.numel() == 0:
+                continue
+            if self.restarts == 1:  # the final iterate is the answer; no need to judge it
+                best.index_copy_(0, idx, x)
                 continue
             loss, hit = self._judge(x, yy)
             take = hit | (loss > best_loss[idx])
