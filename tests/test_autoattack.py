@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from test_pipeline import REPO, run, synth
 
 from igam import autoattack
 from igam.errors import ConfigError, MissingDependencyError
-from test_pipeline import REPO, run, synth
 
 CONFIG = str(REPO / "configs/attack_autoattack.yaml")
 # reduced cost for CI: three of the four standard sub-attacks, 5 iterations, 40 queries
