@@ -348,7 +348,7 @@ class Attack:
         left after its last step.
         """
         best = x_nat.clone()
-        best_loss = torch.full(y.shape, float("-inf"), device=y.device)
+        best_loss = torch.full(y.shape, float("-inf"), dtype=x_nat.dtype, device=y.device)
         if self._starts_at_x_nat:  # the first gradient forward judges the clean input
             fooled = torch.zeros_like(y, dtype=torch.bool)
         else:

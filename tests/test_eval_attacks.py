@@ -1,5 +1,6 @@
-"""AutoAttack through pgd_attack.py / run_attack.py (igam.autoattack; optional pyautoattack,
-installed in CI from requirements-autoattack.txt) and its one-line errors for bad input."""
+"""Evaluation attacks through pgd_attack.py / run_attack.py on a trained tiny model: AutoAttack
+(igam.autoattack; optional pyautoattack, installed in CI from requirements-autoattack.txt) and
+its one-line errors for bad input; early-stopping PGD (default on, off under bn_mode train)."""
 
 from __future__ import annotations
 
@@ -164,3 +165,25 @@ def test_run_restores_the_model_and_stays_in_the_eps_ball():
     with torch.no_grad():
         assert float((net.eval()(x_adv).argmax(1) == y).float().mean()) == \
             pytest.approx(rep["final_accuracy"])
+
+
+def _pgd_eval(w, *args):
+    """pgd_attack.py + run_attack.py with PGD-5 at eps 4; (attack JSON, eval JSON, stderr)."""
+    common = ["--config", str(REPO / "configs/attack_pgds5.yaml"), "--device", "cpu",
+              "--model_dir", "models/c10", "--attack.eps", "4", "--attack.step_size", "1",
+              *args]
+    proc = run("pgd_attack.py", *common, cwd=w)
+    run("run_attack.py", *common, cwd=w)
+    meta = json.loads((w / "attacks/c10_pgds5_attack.json").read_text())
+    ev = json.loads((w / "models/c10/eval_pgds5.json").read_text())
+    return meta, ev, proc.stderr
+
+
+def test_pgd_attack_early_stops_by_default_and_not_under_bn_mode_train(trained):
+    meta, ev_es, _ = _pgd_eval(trained)
+    assert meta["early_stop"] is True and meta["seconds"] > 0
+    meta, ev_full, _ = _pgd_eval(trained, "--attack.early_stop", "false")
+    assert meta["early_stop"] is False
+    assert ev_es["adv_accuracy"] <= ev_full["adv_accuracy"] < ev_full["clean_accuracy"]
+    meta, ev_train, err = _pgd_eval(trained, "--eval.bn_mode", "train")
+    assert meta["early_stop"] is False and "early_stop is off" in err
