@@ -1,24 +1,28 @@
 """Step 4 - generate adversarial examples of the test set against a trained model.
 
 Port of the original ``pgd_attack.py`` (SPEC 8): L-inf PGD (default eps 8, step 2, 10 steps,
-random start), FGSM (``--attack.method fgsm``) or per-example L2 PGD. The model is rebuilt from
-its checkpoint alone (classifier, teacher or IGAM student), evaluated in eval mode unless
-``--eval.bn_mode train``. Writes ``attacks/<model_name>_<attack_name>_attack.npy``
-(``c100attack`` for CIFAR-100): float32 NHWC in [0, 255], the original's format.
+random start), FGSM (``--attack.method fgsm``) or per-example L2 PGD, early-stopping by default
+(``attack.early_stop``); or AutoAttack (``--attack.method autoattack``, optional package,
+README "AutoAttack"). The model is rebuilt from its checkpoint alone (classifier, teacher or
+IGAM student), evaluated in eval mode unless ``--eval.bn_mode train``. Writes
+``attacks/<model_name>_<attack_name>_attack.npy`` (``c100attack`` for CIFAR-100): float32 NHWC
+in [0, 255], the original's format, and a JSON of settings (AutoAttack: and its results).
 
     python pgd_attack.py --model_dir models/igam_tinyimagenet_to_cifar10 \
         --attack_name pgds20 --attack.steps 20
+    python pgd_attack.py --config configs/attack_autoattack.yaml --model_dir models/NAME
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from igam import engine, precision, schemas
+from igam import autoattack, engine, precision, schemas
 from igam.advfiles import save_adversarial
 from igam.attacks import make_attack
 from igam.cli import run_main
@@ -35,18 +39,27 @@ def main(argv=None):
     a = dict(cfg["attack"])
     prec = precision.from_config(cfg["precision"])  # bf16 / channels_last / compile: opt-in
     fast = precision.compiled(precision.wrap(model, prec), prec)
-    attack = make_attack(a, fast, bn_mode=cfg["eval"]["bn_mode"])
     name = Path(cfg["model_dir"]).resolve().name
-
-    bs = cfg["eval"]["batch_size"]
-    adv = []
-    for x, y in tqdm(eval_batches(test, bs, device), desc=f"{a['method']} {name}",
-                     total=-(-len(test) // bs)):
-        adv.append(attack(x, y).permute(0, 2, 3, 1).cpu())
-    x_adv = torch.cat(adv).numpy().astype(np.float32)
-    save_adversarial(path, x_adv)
     meta = {"model_dir": str(cfg["model_dir"]), "dataset": test.name, "n": len(test),
             "attack": a, "bn_mode": cfg["eval"]["bn_mode"], "seed": cfg["seed"]}
+    t0 = time.perf_counter()
+    if a["method"] == "autoattack":
+        x_adv, report = autoattack.run_on_dataset(fast, test, a, cfg["seed"], cfg["eval"],
+                                                  device)
+        meta["autoattack"] = report
+        print(autoattack.format_report(report))
+    else:
+        attack = make_attack({k: v for k, v in a.items() if k not in autoattack.CONFIG_KEYS},
+                             fast, bn_mode=cfg["eval"]["bn_mode"])
+        meta["early_stop"] = attack.early_stop  # off with bn_mode train (a warning says so)
+        bs = cfg["eval"]["batch_size"]
+        adv = []
+        for x, y in tqdm(eval_batches(test, bs, device), desc=f"{a['method']} {name}",
+                         total=-(-len(test) // bs)):
+            adv.append(attack(x, y).permute(0, 2, 3, 1).cpu())
+        x_adv = torch.cat(adv).numpy().astype(np.float32)
+    meta["seconds"] = time.perf_counter() - t0
+    save_adversarial(path, x_adv)
     if not prec.is_default:
         meta["precision"] = cfg["precision"]
     write_json(path.with_suffix(".json"), meta)

@@ -48,11 +48,16 @@ except ImportError:  # bench-only dependency (requirements-bench.txt)
 
 
 class Scale255(nn.Module):
-    """Adapter for torchattacks: images in [0, 1] -> ``model(255 * x)`` (the port's pixels)."""
+    """Adapter for torchattacks: images in [0, 1] -> ``model(255 * x)`` (the port's pixels).
+
+    Takes the wrapped model's train/eval flag: torchattacks calls ``.train()`` after each
+    attack if the model it was given was in training mode, which for a fresh (training-mode)
+    wrapper would switch an eval-mode model to batch statistics."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.training = model.training
 
     def forward(self, x01: torch.Tensor) -> torch.Tensor:
         return self.model(x01 * 255.0)

@@ -40,9 +40,13 @@ igam.optim
     weight_decay_loss(module)                 sum(w^2) / 2 over conv/FC weights (differentiable)
     PiecewiseConstant(schedule)(step) -> lr   tf.train.piecewise_constant semantics
 igam.attacks
-    PGD(model, eps=8, step_size=2, steps=10, random_start=True, loss='xent', restarts=1)
+    PGD(model, eps=8, step_size=2, steps=10, random_start=True, loss='xent', restarts=1,
+        early_stop=False)
     FGSM(model, eps=8), PGDL2(model, eps, step_size, steps, ...), make_attack(cfg, model)
                                               attack(x (B,3,H,W) [0,255], y) -> x_adv, detached
+igam.autoattack (needs the optional pyautoattack)
+    settings_from_config(attack_cfg, seed, batch_size) -> Settings; Scale01(model)
+    run(model, x (N,3,H,W) [0,255], y, settings, device) -> (x_adv [0,255], report dict)
 igam.data
     load_dataset('cifar10'|'cifar100'|'tinyimagenet', root) -> (train, test) ArrayDataset
                                               .images uint8 (N,H,W,3) NHWC, .labels int64 (N,)
@@ -61,7 +65,8 @@ igam.distributed / igam.precision
     torchrun/DDP helpers (init, wrap, unwrap, is_main, rank_seed); Precision(autocast='none'|
     'bf16', channels_last, compile) for adversarial training, attacks and evaluation
 igam.errors
-    IGAMError and its kinds (DataError, ConfigError, CheckpointError, AttackFileError):
+    IGAMError and its kinds (DataError, ConfigError, CheckpointError, AttackFileError,
+    MissingDependencyError):
     one-line messages for bad input; entry scripts print them as ``error: ...`` (exit 2).
 """
 

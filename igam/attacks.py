@@ -15,7 +15,15 @@ tensor of the same shape, dtype and device, inside [0, 255] and inside the eps-b
 Guarantees of every attack (see :class:`Attack`): the model comes back exactly as it was
 (train/eval flag of every submodule, buffers such as BatchNorm running statistics, parameters'
 ``.grad`` and ``requires_grad``); gradients are taken with ``torch.autograd.grad`` w.r.t. the
-input only; the step loop is batched on the device with no host synchronisation.
+input only; the step loop is batched on the device with no host synchronisation (with
+``early_stop``: one per step, to shrink the active batch).
+
+``early_stop=True`` (evaluation only, model in eval mode, where examples are independent):
+examples the model already misclassifies are returned unchanged, and an example leaves the
+active batch at the first iterate (random start included) that the model misclassifies,
+which is what is returned for it. Per example the iterates are the same as without early
+stop (same random draws), so accuracy under attack is equal or lower, at a fraction of the
+cost. Adversarial training never early-stops (the class default is off).
 
 Differences from the original (TF, pgd_attack.py), all marked [fix] in SPEC 8:
 - ``restarts`` are run (the original ignored ``num_restarts``), keeping the worst case per
@@ -24,13 +32,15 @@ Differences from the original (TF, pgd_attack.py), all marked [fix] in SPEC 8:
   whole batch) and starts uniformly in the L2 ball;
 - FGSM works on float images, so no uint8 wrap-around;
 - ``bn_mode`` lets the caller attack in eval mode (running statistics) - the port's default
-  for evaluation - or in train mode (batch statistics) as the original did.
+  for evaluation - or in train mode (batch statistics) as the original did;
+- ``early_stop`` (above), the default of the evaluation scripts (``attack.early_stop``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 from collections.abc import Mapping
 from typing import Iterator, Optional
 
@@ -102,6 +112,12 @@ def _check_number(name: str, value, minimum: float = 0.0) -> float:
     return float(value)
 
 
+def _check_positive(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"attack '{name}' must be a number > 0, got {value!r}")
+    return float(value)
+
+
 def _check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -144,6 +160,10 @@ class Attack:
             attack (default). Set False inside adversarial training to reproduce the
             original, whose TF batch norm (``updates_collections=None``) updated its moving
             averages in every train-mode forward pass, the PGD iterations included.
+        early_stop (bool): evaluation mode of the attack (see the module docstring): do not
+            attack clean-misclassified examples, stop each example at its first fooling
+            iterate. Needs examples to be independent: ``bn_mode`` 'eval', or None with no
+            BatchNorm in training mode at call time (else ConfigError). (Default: False)
 
     Whatever ``bn_mode`` is, the model is returned in the mode it was found: every
     submodule's ``training`` flag is restored, and so is every buffer unless
@@ -155,14 +175,21 @@ class Attack:
         - y: :math:`(B)` int64 class indices.
         - output: :math:`(B, C, H, W)`, same dtype and device as x, detached.
 
-    Subclasses implement :meth:`_attack_once` (one run from one start); restarts are handled
-    here.
+    Subclasses implement :meth:`_start` (the first iterate) and :meth:`_step` (one update
+    and projection) and set ``steps``; the iteration, restarts and early stopping are here.
     """
 
+    steps = 1
+
     def __init__(self, model: nn.Module, bn_mode: Optional[str] = None,
-                 autocast_dtype: Optional[torch.dtype] = None, keep_buffers: bool = True):
+                 autocast_dtype: Optional[torch.dtype] = None, keep_buffers: bool = True,
+                 early_stop: bool = False):
         if bn_mode not in BN_MODES:
             raise ConfigError(f"attack 'bn_mode' must be one of {BN_MODES}, got {bn_mode!r}")
+        self.early_stop = _check_bool("early_stop", early_stop)
+        if self.early_stop and bn_mode == "train":
+            raise ConfigError("attack 'early_stop' needs examples independent of each other; "
+                              "with bn_mode 'train' (batch statistics) set early_stop false")
         if autocast_dtype is not None and not isinstance(autocast_dtype, torch.dtype):
             raise ConfigError(f"attack 'autocast_dtype' must be a torch.dtype or None, "
                               f"got {autocast_dtype!r}")
@@ -188,7 +215,11 @@ class Attack:
         x_nat = x.detach().clone()
         y = y.detach().to(device=x.device, dtype=torch.long)
         with self._attack_mode():
-            x_adv = self._attack(x_nat, y)
+            if self.early_stop:
+                self._check_independent()
+                x_adv = self._attack_early_stop(x_nat, y)
+            else:
+                x_adv = self._attack(x_nat, y)
         return x_adv.detach()
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -200,7 +231,7 @@ class Attack:
         return f"{type(self).__name__}({args})"
 
     def _config(self) -> dict:
-        return {"bn_mode": self.bn_mode}
+        return {"bn_mode": self.bn_mode, "early_stop": self.early_stop}
 
     # -- model handling ------------------------------------------------------------------------
 
@@ -235,16 +266,47 @@ class Attack:
 
     def _input_gradient(self, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """d/dx of the batch-summed loss at x_adv, same shape as x_adv; no parameter grads."""
+        return self._gradient_and_logits(x_adv, y)[0]
+
+    def _gradient_and_logits(self, x_adv: torch.Tensor,
+                             y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input gradient as :meth:`_input_gradient`, detached logits (B, K) at x_adv)."""
         x_adv = x_adv.detach().requires_grad_(True)
         with torch.enable_grad():
-            loss = self._loss(self._logits(x_adv), y).sum()
+            logits = self._logits(x_adv)
+            loss = self._loss(logits, y).sum()
             (grad,) = torch.autograd.grad(loss, x_adv)
-        return grad
+        return grad, logits.detach()
 
-    # -- restarts ------------------------------------------------------------------------------
+    def _check_independent(self) -> None:
+        """ConfigError if a BatchNorm of the model uses batch statistics (early stop would
+        then change the other examples' logits as examples leave the batch)."""
+        for m in self.model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
+                raise ConfigError("attack 'early_stop' needs the model in eval mode (a "
+                                  "BatchNorm is in training mode); use bn_mode 'eval'")
+
+    # -- iterations and restarts ---------------------------------------------------------------
+
+    def _start(self, x_nat: torch.Tensor) -> torch.Tensor:
+        """First iterate for the whole batch (draws the random start, if any)."""
+        return x_nat
+
+    def _step(self, x: torch.Tensor, grad: torch.Tensor, x_nat: torch.Tensor) -> torch.Tensor:
+        """Next iterate from x and the input gradient there, projected around x_nat."""
+        raise NotImplementedError
+
+    @property
+    def _starts_at_x_nat(self) -> bool:
+        """True if every run's first iterate is x_nat itself (no random start)."""
+        return True
 
     def _attack_once(self, x_nat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """One run from one start: ``steps`` times x = _step(x, grad at x)."""
+        x = self._start(x_nat)
+        for _ in range(self.steps):
+            x = self._step(x, self._input_gradient(x, y), x_nat)
+        return x
 
     @torch.no_grad()
     def _judge(self, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,6 +332,57 @@ class Attack:
             best = torch.where(_per_example(take, best), x_adv, best)
             best_loss = torch.where(take, loss, best_loss)
             best_fooled = best_fooled | fooled
+        return best
+
+    def _attack_early_stop(self, x_nat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """:meth:`_attack` with early stopping (eval mode: examples are independent).
+
+        Clean-misclassified examples are returned unchanged and never attacked. Otherwise
+        each example runs exactly the iterates it would run without early stop (the random
+        starts are drawn for the whole batch, as there) until one is misclassified; that
+        iterate is returned and the example leaves the active batch, also for the
+        remaining restarts. An example no restart fools gets, as in :meth:`_attack`, the
+        final iterate with the highest loss (the earlier restart on ties). The misclassified
+        check reuses the logits of each gradient forward, so the extra cost is one clean
+        forward with a random start, and with restarts one forward per run of the examples
+        left after its last step.
+        """
+        best = x_nat.clone()
+        best_loss = torch.full(y.shape, float("-inf"), dtype=x_nat.dtype, device=y.device)
+        if self._starts_at_x_nat:  # the first gradient forward judges the clean input
+            fooled = torch.zeros_like(y, dtype=torch.bool)
+        else:
+            fooled = self._judge(x_nat, y)[1]
+        for _ in range(self.restarts):
+            start = self._start(x_nat)  # whole-batch draw: the same random stream as without
+            idx = (~fooled).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                continue
+            x, xn, yy = start.index_select(0, idx), x_nat.index_select(0, idx), y[idx]
+            for _ in range(self.steps):
+                grad, logits = self._gradient_and_logits(x, yy)
+                hit = logits.argmax(dim=1) != yy
+                keep = (~hit).nonzero().squeeze(1)  # the one host sync of the step
+                if keep.numel() < idx.numel():
+                    won = hit.nonzero().squeeze(1)
+                    best.index_copy_(0, idx[won], x.index_select(0, won))
+                    fooled[idx[won]] = True
+                    x, xn, yy, grad = (t.index_select(0, keep) for t in (x, xn, yy, grad))
+                    idx = idx[keep]
+                    if idx.numel() == 0:
+                        break
+                x = self._step(x, grad, xn)
+            if idx.numel() == 0:
+                continue
+            if self.restarts == 1:  # the final iterate is the answer; no need to judge it
+                best.index_copy_(0, idx, x)
+                continue
+            loss, hit = self._judge(x, yy)
+            take = hit | (loss > best_loss[idx])
+            won = take.nonzero().squeeze(1)
+            best.index_copy_(0, idx[won], x.index_select(0, won))
+            best_loss[idx[won]] = loss[won]
+            fooled[idx[hit]] = True
         return best
 
 
@@ -304,6 +417,7 @@ class PGD(Attack):
         generator (torch.Generator or None): RNG for the random start, on x's device;
             None uses the global RNG. (Default: None)
         autocast_dtype (torch.dtype or None): see :class:`Attack`. (Default: None)
+        early_stop (bool): see :class:`Attack` (evaluation only). (Default: False)
 
     Shape:
         - x: :math:`(B, C, H, W)` float in [0, 255]; y: :math:`(B)` int64;
@@ -318,10 +432,11 @@ class PGD(Attack):
                  steps: int = 10, random_start: bool = True, loss: str = "xent",
                  restarts: int = 1, bn_mode: Optional[str] = None,
                  generator: Optional[torch.Generator] = None,
-                 autocast_dtype: Optional[torch.dtype] = None, keep_buffers: bool = True):
+                 autocast_dtype: Optional[torch.dtype] = None, keep_buffers: bool = True,
+                 early_stop: bool = False):
         super().__init__(model, bn_mode=bn_mode, autocast_dtype=autocast_dtype,
-                         keep_buffers=keep_buffers)
-        self.eps = _check_number("eps", eps)
+                         keep_buffers=keep_buffers, early_stop=early_stop)
+        self.eps = _check_positive("eps", eps)
         self.step_size = _check_number("step_size", step_size)
         self.steps = _check_int("steps", steps, 0)
         self.random_start = _check_bool("random_start", random_start)
@@ -332,20 +447,22 @@ class PGD(Attack):
     def _config(self) -> dict:
         return {"eps": self.eps, "step_size": self.step_size, "steps": self.steps,
                 "random_start": self.random_start, "loss": self.loss,
-                "restarts": self.restarts, "bn_mode": self.bn_mode}
+                "restarts": self.restarts, "bn_mode": self.bn_mode,
+                "early_stop": self.early_stop}
 
-    def _attack_once(self, x_nat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x = x_nat
-        if self.random_start:
-            noise = torch.empty_like(x_nat).uniform_(-self.eps, self.eps,
-                                                     generator=self.generator)
-            x = (x_nat + noise).clamp(PIXEL_MIN, PIXEL_MAX)
-        lower, upper = x_nat - self.eps, x_nat + self.eps
-        for _ in range(self.steps):
-            grad = self._input_gradient(x, y)
-            x = x + self.step_size * grad.sign()
-            x = torch.clamp(x, lower, upper).clamp(PIXEL_MIN, PIXEL_MAX)
-        return x
+    @property
+    def _starts_at_x_nat(self) -> bool:
+        return not self.random_start
+
+    def _start(self, x_nat: torch.Tensor) -> torch.Tensor:
+        if not self.random_start:
+            return x_nat
+        noise = torch.empty_like(x_nat).uniform_(-self.eps, self.eps, generator=self.generator)
+        return (x_nat + noise).clamp(PIXEL_MIN, PIXEL_MAX)
+
+    def _step(self, x: torch.Tensor, grad: torch.Tensor, x_nat: torch.Tensor) -> torch.Tensor:
+        x = x + self.step_size * grad.sign()
+        return torch.clamp(x, x_nat - self.eps, x_nat + self.eps).clamp(PIXEL_MIN, PIXEL_MAX)
 
 
 class FGSM(Attack):
@@ -364,6 +481,8 @@ class FGSM(Attack):
         loss (str): 'xent' or 'cw'. (Default: 'xent')
         bn_mode (str or None): None / 'eval' / 'train', see :class:`Attack`. (Default: None)
         autocast_dtype (torch.dtype or None): see :class:`Attack`. (Default: None)
+        early_stop (bool): see :class:`Attack`; for FGSM it means that clean-misclassified
+            examples are returned unchanged. (Default: False)
 
     Shape:
         - x: :math:`(B, C, H, W)` float in [0, 255]; y: :math:`(B)` int64;
@@ -376,17 +495,17 @@ class FGSM(Attack):
 
     def __init__(self, model: nn.Module, eps: float = 8.0, loss: str = "xent",
                  bn_mode: Optional[str] = None, autocast_dtype: Optional[torch.dtype] = None,
-                 keep_buffers: bool = True):
+                 keep_buffers: bool = True, early_stop: bool = False):
         super().__init__(model, bn_mode=bn_mode, autocast_dtype=autocast_dtype,
-                         keep_buffers=keep_buffers)
-        self.eps = _check_number("eps", eps)
+                         keep_buffers=keep_buffers, early_stop=early_stop)
+        self.eps = _check_positive("eps", eps)
         self.loss = _check_loss(loss)
 
     def _config(self) -> dict:
-        return {"eps": self.eps, "loss": self.loss, "bn_mode": self.bn_mode}
+        return {"eps": self.eps, "loss": self.loss, "bn_mode": self.bn_mode,
+                "early_stop": self.early_stop}
 
-    def _attack_once(self, x_nat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        grad = self._input_gradient(x_nat, y)
+    def _step(self, x: torch.Tensor, grad: torch.Tensor, x_nat: torch.Tensor) -> torch.Tensor:
         return (x_nat + self.eps * grad.sign()).clamp(PIXEL_MIN, PIXEL_MAX)
 
 
@@ -432,19 +551,18 @@ class PGDL2(PGD):
         scale = (self.eps / _l2_norms(delta).clamp_min(_NORM_EPS)).clamp(max=1.0)
         return (x_nat + delta * scale).clamp(PIXEL_MIN, PIXEL_MAX)
 
-    def _attack_once(self, x_nat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x = x_nat
-        if self.random_start:
-            direction = torch.empty_like(x_nat).normal_(generator=self.generator)
-            direction = direction / _l2_norms(direction).clamp_min(_NORM_EPS)
-            u = x_nat.new_empty(x_nat.shape[0]).uniform_(generator=self.generator)
-            radius = self.eps * u.pow(1.0 / x_nat[0].numel())
-            x = (x_nat + _per_example(radius, x_nat) * direction).clamp(PIXEL_MIN, PIXEL_MAX)
-        for _ in range(self.steps):
-            grad = self._input_gradient(x, y)
-            x = x + self.step_size * grad / _l2_norms(grad).clamp_min(_NORM_EPS)
-            x = self._project(x, x_nat)
-        return x
+    def _start(self, x_nat: torch.Tensor) -> torch.Tensor:
+        if not self.random_start:
+            return x_nat
+        direction = torch.empty_like(x_nat).normal_(generator=self.generator)
+        direction = direction / _l2_norms(direction).clamp_min(_NORM_EPS)
+        u = x_nat.new_empty(x_nat.shape[0]).uniform_(generator=self.generator)
+        radius = self.eps * u.pow(1.0 / x_nat[0].numel())
+        return (x_nat + _per_example(radius, x_nat) * direction).clamp(PIXEL_MIN, PIXEL_MAX)
+
+    def _step(self, x: torch.Tensor, grad: torch.Tensor, x_nat: torch.Tensor) -> torch.Tensor:
+        x = x + self.step_size * grad / _l2_norms(grad).clamp_min(_NORM_EPS)
+        return self._project(x, x_nat)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -468,6 +586,11 @@ def make_attack(name_or_cfg, model: nn.Module, **kw) -> Attack:
     ``random_start`` (must be false), ``restarts`` (must be 1) and ``generator`` are accepted
     so that one config template serves every method.
 
+    ``early_stop`` true together with ``bn_mode='train'`` is switched off with a warning
+    (batch statistics make the examples of a batch depend on each other, so none may leave
+    it): the evaluation scripts default to early stop, and ``--eval.bn_mode train`` alone
+    then still runs the original's final-iterate attack.
+
     Raises:
         ConfigError: unknown method or key, or an invalid value.
     """
@@ -489,6 +612,10 @@ def make_attack(name_or_cfg, model: nn.Module, **kw) -> Attack:
     if not isinstance(method, str) or method.lower() not in ATTACKS:
         raise ConfigError(f"attack 'method' must be one of {sorted(ATTACKS)}, got {method!r}")
     method = method.lower()
+    if cfg.get("early_stop") is True and cfg.get("bn_mode") == "train":
+        warnings.warn("attack early_stop is off: bn_mode 'train' (batch statistics) couples "
+                      "the examples of a batch, so the final-iterate attack runs", stacklevel=2)
+        cfg["early_stop"] = False
     cls = ATTACKS[method]
     if cls is FGSM:
         _strip_fgsm_pgd_keys(cfg)

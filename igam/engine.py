@@ -117,11 +117,19 @@ def load_attack_target(cfg: Mapping[str, Any], device) -> tuple[nn.Module, Any, 
     _, test = load_dataset(data["dataset"], data["root"])
     test = eval_subset(test, cfg["eval"]["num_examples"])
     check_classes(model, test, cfg["model_dir"])
-    norm = "l2" if cfg["attack"]["method"] == "pgd_l2" else "linf"
+    norm = attack_norm(cfg["attack"])
     name = Path(cfg["model_dir"]).resolve().name
     path = Path(cfg["attack_path"]) if cfg["attack_path"] else attack_file_path(
         cfg["attack_dir"], name, cfg["attack_name"], data["dataset"], norm)
     return model, test, path, norm
+
+
+def attack_norm(attack: Mapping[str, Any]) -> str:
+    """'l2' or 'linf': the norm of the ``attack`` config section's method (pgd_l2: L2;
+    autoattack: its ``norm`` key; pgd / fgsm: L-inf)."""
+    if attack["method"] == "autoattack":
+        return "l2" if attack.get("norm") == "L2" else "linf"
+    return "l2" if attack["method"] == "pgd_l2" else "linf"
 
 
 def check_classes(model: nn.Module, dataset, path) -> None:

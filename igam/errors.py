@@ -25,3 +25,7 @@ class CheckpointError(IGAMError):
 
 class AttackFileError(IGAMError):
     """An adversarial-example file has the wrong shape, pixel range or perturbation size."""
+
+
+class MissingDependencyError(IGAMError):
+    """An optional package needed for what was asked (e.g. pyautoattack) is not installed."""

@@ -9,6 +9,8 @@ every numeric key (``">= 1"``, ``"> 0"``, ``"[0, 1]"``, ``"schedule"``; ``igam.c
 
 from __future__ import annotations
 
+from igam.autoattack import NORMS, SUB_ATTACKS, VERSIONS
+
 PAPER_LR = [[0.0, 0.1], [160000.0, 0.01], [240000.0, 0.001]]  # [step, lr]; floats: one element type
 
 _RUNTIME = {
@@ -123,7 +125,11 @@ ATTACK = {
     "model_dir": "models/igam_tinyimagenet_to_cifar10",
     "data": {"dataset": "", "root": ""},  # empty: the data recorded in the checkpoint
     "attack": {"method": "pgd", "eps": 8.0, "step_size": 2.0, "steps": 10,
-               "random_start": True, "loss": "xent", "restarts": 1},
+               "random_start": True, "loss": "xent", "restarts": 1,
+               "early_stop": True,   # pgd / fgsm / pgd_l2 (README "Early-stopping PGD")
+               # autoattack only (README "AutoAttack"):
+               "version": "standard", "attacks": [], "norm": "Linf", "n_iter": 0,
+               "n_queries": 0},
     "attack_name": "pgd",
     "attack_dir": "attacks",
     "attack_path": "",
@@ -132,8 +138,11 @@ ATTACK = {
 }
 """Shared by pgd_attack.py (writes the file) and run_attack.py (checks it against
 ``attack.eps`` / the method's norm and evaluates), as the original's config_attack.py."""
-ATTACK_CHOICES = {"data.dataset": [""] + _DATASETS, "attack.method": ["pgd", "fgsm", "pgd_l2"],
+ATTACK_CHOICES = {"data.dataset": [""] + _DATASETS,
+                  "attack.method": ["pgd", "fgsm", "pgd_l2", "autoattack"],
                   "attack.loss": ["xent", "cw"], "eval.bn_mode": ["eval", "train"],
+                  "attack.version": list(VERSIONS), "attack.attacks": list(SUB_ATTACKS),
+                  "attack.norm": list(NORMS),
                   **_PRECISION_CHOICES}
 ATTACK_RANGES = {**_RUNTIME_RANGES, **_EVAL_RANGES,
                  **_in("attack", {**_ATTACK_RANGES, "restarts": ">= 1"})}

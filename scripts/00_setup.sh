@@ -5,3 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -r requirements.txt
+# Optional: AutoAttack for scripts/04_* and 07_* (or run them with AUTOATTACK=0):
+#   python -m pip install -r requirements-autoattack.txt

@@ -2,10 +2,20 @@
 # Step 4 (original run_eval_igam_tinyimagenettoc10_upresize.sh): FGSM, PGD-10, PGD-5,
 # PGD-20 and PGD-100 on the IGAM student: generate (pgd_attack.py), then evaluate
 # (run_attack.py). MODEL_DIR=models/other bash scripts/04_... attacks another model.
+# Then standard AutoAttack (L-inf eps 8; needs pip install -r requirements-autoattack.txt;
+# AUTOATTACK=0 skips it, e.g. AUTOATTACK_EXAMPLES=1000 attacks the first 1000 test images).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL_DIR=${MODEL_DIR:-models/igam_tinyimagenet_to_cifar10}
+AUTOATTACK=${AUTOATTACK:-1}
+AUTOATTACK_EXAMPLES=${AUTOATTACK_EXAMPLES:-0}
 for attack in fgsm pgd10 pgds5 pgds20 pgds100; do
   python pgd_attack.py --config "configs/attack_${attack}.yaml" --model_dir "$MODEL_DIR" "$@"
   python run_attack.py --config "configs/attack_${attack}.yaml" --model_dir "$MODEL_DIR" "$@"
 done
+if [ "$AUTOATTACK" != 0 ]; then
+  for script in pgd_attack.py run_attack.py; do
+    python "$script" --config configs/attack_autoattack.yaml --model_dir "$MODEL_DIR" \
+      --eval.num_examples "$AUTOATTACK_EXAMPLES" "$@"
+  done
+fi

@@ -514,6 +514,8 @@ def test_make_attack_builds_each_method():
     ({"method": "pgd", "steps": 2.5}, "steps"),
     ({"method": "pgd", "restarts": 0}, "restarts"),
     ({"method": "pgd", "eps": -1}, "eps"),
+    ({"method": "pgd", "eps": 0}, "eps"),
+    ({"method": "fgsm", "eps": 0.0, "step_size": 0.0}, "eps"),
     ({"method": "fgsm", "steps": 10}, "steps"),
     ({"method": "fgsm", "random_start": True}, "random_start"),
     ({"method": "pgd", "eps": 8, "epsilon": 8}, "epsilon"),
@@ -575,3 +577,116 @@ def test_keep_buffers_false_lets_train_mode_attack_update_bn_stats():
     PGD(model, steps=2, keep_buffers=False)(x, y)
     assert not torch.equal(model.stages[0][0].bn1.running_mean, before)
     assert int(model.stages[0][0].bn1.num_batches_tracked) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Early stopping (evaluation mode)
+# ----------------------------------------------------------------------------------------------
+
+
+class CountingModel(nn.Module):
+    """Wraps a model and records the batch size of every forward pass."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.batch_sizes = {True: [], False: []}  # with / without autograd (the costly ones)
+
+    def forward(self, x):
+        self.batch_sizes[torch.is_grad_enabled()].append(x.shape[0])
+        return self.model(x)
+
+
+_EARLY_STOP_CASES = {
+    "pgd": lambda m, g, **kw: PGD(m, eps=3.0, step_size=1.0, steps=8, generator=g, **kw),
+    "pgd_cw_no_start": lambda m, g, **kw: PGD(m, eps=3.0, step_size=1.0, steps=6,
+                                              random_start=False, loss="cw", **kw),
+    "pgd_restarts": lambda m, g, **kw: PGD(m, eps=2.0, step_size=1.0, steps=4, restarts=3,
+                                           generator=g, **kw),
+    "pgd_l2": lambda m, g, **kw: PGDL2(m, eps=60.0, step_size=15.0, steps=6, restarts=2,
+                                       generator=g, **kw),
+    "fgsm": lambda m, g, **kw: FGSM(m, eps=3.0, **kw),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_EARLY_STOP_CASES))
+def test_early_stop_is_at_least_as_strong_and_keeps_fooling_iterates(case):
+    model, x, y = _trained_tiny_net()
+    y = y.clone()
+    y[::16] = 1 - y[::16]  # wrong labels: clean-misclassified examples
+    make = _EARLY_STOP_CASES[case]
+    g_full, g_es = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    full = make(model, g_full, bn_mode="eval")(x, y)
+    counting = CountingModel(model)
+    es = make(counting, g_es, bn_mode="eval", early_stop=True)(x, y)
+    with torch.no_grad():
+        clean_ok = model(x).argmax(1) == y
+        full_ok, es_ok = model(full).argmax(1) == y, model(es).argmax(1) == y
+    assert 0 < int((~clean_ok).sum()) and 0.05 < full_ok.float().mean() < clean_ok.float().mean()
+    # never higher accuracy; per example: whatever the final iterate fools, early stop fools
+    assert es_ok.float().mean() <= full_ok.float().mean()
+    assert not (es_ok & ~full_ok).any()
+    # clean-misclassified examples are returned unchanged
+    assert torch.equal(es[~clean_ok], x[~clean_ok])
+    # an example whose output differs from the final-iterate attack's stopped early: it is
+    # fooled by what was stored; the others are the very same final iterates
+    stopped = (es != full).flatten(1).any(1)
+    assert stopped.any() and not es_ok[stopped].any()
+    assert torch.equal(es[~stopped], full[~stopped])
+    # inside the budget, and the same random stream was consumed
+    if isinstance(make(model, None), PGDL2):
+        assert (es - x).flatten(1).norm(dim=1).max() <= 60.0 + 1e-3
+    else:
+        assert (es - x).abs().max() <= 3.0 + 1e-4
+    assert torch.equal(g_full.get_state(), g_es.get_state())
+    # it did less work: fewer examples through gradient forwards (FGSM: as many), and at
+    # most one batch of gradient-free forwards (clean check / judging restarts) beyond that
+    ref = CountingModel(model)
+    make(ref, torch.Generator().manual_seed(4), bn_mode="eval")(x, y)
+    grad_es, grad_full = sum(counting.batch_sizes[True]), sum(ref.batch_sizes[True])
+    assert grad_es < grad_full or (case == "fgsm" and grad_es == grad_full)
+    assert sum(counting.batch_sizes[False]) <= sum(ref.batch_sizes[False]) + len(x)
+
+
+@pytest.mark.parametrize("cls", [PGD, PGDL2])
+def test_early_stop_restarts_follow_the_worst_case_rule(cls):
+    # zero input gradient: every run's output is its random start, so early stop must pick
+    # exactly what the final-iterate attack picks (first fooling restart, else highest loss)
+    x = torch.full((32, 3, 4, 4), 128.0)
+    y = torch.zeros(32, dtype=torch.long)
+    model = ZeroGradThresholdModel(x[:1]).eval()  # broadcasts: any batch size
+    eps = 8.0 if cls is PGD else 12.0
+    full = cls(model, eps=eps, steps=1, restarts=3,
+               generator=torch.Generator().manual_seed(5))(x, y)
+    es = cls(model, eps=eps, steps=1, restarts=3, early_stop=True,
+             generator=torch.Generator().manual_seed(5))(x, y)
+    assert torch.equal(es, full)
+    fooled = _fooled(model, es, y)
+    assert fooled.any() and not fooled.all()
+
+
+def test_early_stop_needs_independent_examples():
+    model = _tiny_net()
+    with pytest.raises(ConfigError, match="early_stop") as err:
+        PGD(model, bn_mode="train", early_stop=True)
+    assert "\n" not in str(err.value)
+    model.train()  # bn_mode None keeps the caller's train mode: batch statistics
+    with pytest.raises(ConfigError, match="eval mode"):
+        PGD(model, early_stop=True)(_images(), _labels())
+    assert model.training  # restored
+    # the evaluation scripts' path: switched off with a warning, attack as the original
+    with pytest.warns(UserWarning, match="early_stop is off"):
+        a = make_attack({"method": "pgd", "early_stop": True}, model, bn_mode="train")
+    assert a.early_stop is False and a.bn_mode == "train"
+    assert make_attack({"method": "pgd", "early_stop": True}, model, bn_mode="eval").early_stop
+    with pytest.raises(ConfigError, match="early_stop"):
+        make_attack({"method": "pgd", "early_stop": "yes"}, model)
+
+
+def test_adversarial_training_pgd_does_not_early_stop():
+    from igam import schemas
+
+    # the class default is the original's final-iterate PGD, and training has no such key
+    assert PGD(_tiny_net()).early_stop is False and FGSM(_tiny_net()).early_stop is False
+    assert "early_stop" not in schemas.ADVTRAIN["attack"]
+    assert schemas.ATTACK["attack"]["early_stop"] is True  # evaluation: on by default

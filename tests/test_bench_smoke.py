@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from bench import bench_data, bench_pgd, bench_train, common
+from bench import bench_data, bench_eval, bench_pgd, bench_train, common
 
 TINY = ["--width", "4,4,6,8", "--units", "1", "--batch_size", "2", "--reps", "1",
         "--warmup", "0", "--device", "cpu"]
@@ -80,3 +80,21 @@ def test_bench_data_smoke(tmp_path):
     aug = res["augment"][0]
     assert aug["size"] == 8 and aug["images_per_s"]["augment_batch"] > 0
     assert _load(tmp_path, "data")["benchmark"] == "data"
+
+
+def test_bench_eval_smoke(tmp_path):
+    res = bench_eval.main(TINY + ["--train_steps", "3", "--natural_steps", "1",
+                                  "--train_pgd_steps", "1", "--n_train", "8", "--n_eval", "6",
+                                  "--steps", "2", "--apgd_steps", "3", "--aa_examples", "2",
+                                  "--out_dir", str(tmp_path)])
+    pgd = res["pgd"]
+    assert pgd["timing_s"]["ours_early_stop"]["median"] > 0
+    # early stop is never weaker than the final-iterate attack with the same random starts
+    assert pgd["accuracy"]["ours_early_stop"] <= pgd["accuracy"]["ours_final_iterate"]
+    if bench_eval.torchattacks is not None:
+        assert pgd["ratio_early_stop_over_torchattacks"] > 0
+    if bench_eval.pyautoattack is not None:
+        assert 0.0 <= res["apgd_ce_crosscheck"]["ours_accuracy"] <= 1.0
+        accs = list(res["autoattack_standard"]["robust_accuracy"].values())
+        assert all(a >= b for a, b in zip(accs, accs[1:]))
+    assert _load(tmp_path, "eval")["benchmark"] == "eval"
