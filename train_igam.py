@@ -36,7 +36,7 @@ def main(argv=None):
                       ranges=schemas.IGAM_RANGES, prog="train_igam.py", description=__doc__)
     device = engine.setup(cfg, data_parallel=True)
     train, test = engine.load_train_test(cfg)
-    teacher = engine.load_teacher(cfg["teacher_dir"], device, cfg["teacher_bn"])
+    teacher = engine.load_teacher(cfg["teacher_dir"], device, cfg["teacher_bn"], cfg["data"])
     engine.check_classes(teacher, train, cfg["teacher_dir"])
     run = distributed.on_main(prepare_run_dir, cfg["model_dir"], cfg, cfg["resume"],
                               cfg["overwrite"])

@@ -53,6 +53,8 @@ igam.data
     TrainBatches(dataset, batch_size, device, seed, augment=True, rank=0, world_size=1)
                                               iterator of (x float (B,3,H,W) [0,255], y (B,))
     eval_batches(dataset, batch_size, device), augment_batch(x)
+    resolve_classes(data_cfg, total, name) -> [int] | None; select_classes(dataset, classes)
+                                              class subset, original classes[i] -> label i
     igam.data.synthetic: write_synthetic_cifar10 / _cifar100 / _tinyimagenet (official formats)
 igam.tfcheckpoint / igam.convert
     read_tf_checkpoint(path) -> {name: np.ndarray}; model_from_tf(variables, arch) -> nn.Module

@@ -22,12 +22,19 @@ from igam.advfiles import attack_file_path
 from igam.checkpoint import (
     check_format,
     checkpoint_path,
+    latest_checkpoint,
     load_checkpoint,
     load_model_state,
     make_checkpoint,
     save_checkpoint,
 )
-from igam.data import eval_batches, load_dataset
+from igam.data import (
+    describe_classes,
+    eval_batches,
+    load_dataset,
+    resolve_classes,
+    select_classes,
+)
 from igam.device import set_fidelity
 from igam.distributed import unwrap
 from igam.errors import CheckpointError, ConfigError
@@ -60,11 +67,49 @@ def setup(cfg: Mapping[str, Any], data_parallel: bool = False) -> torch.device:
     return device
 
 
-def load_train_test(cfg: Mapping[str, Any]):
-    """(train, test) ArrayDatasets of ``cfg['data']``; under torchrun rank 0 loads first, so
-    only it decodes and writes the TinyImageNet cache while the others wait, then read it."""
+def load_train_test(cfg: dict[str, Any]):
+    """(train, test) ArrayDatasets of ``cfg['data']``, restricted to its class subset
+    (``data.classes`` / ``data.num_classes``, relabelled 0..k-1: igam.data.subsets).
+
+    The subset is written back into ``cfg['data']`` as the full list of original indices
+    (``classes``; [] = every class) with ``num_classes: 0``, so the run's saved config and
+    checkpoints record the mapping. Resuming a run on another dataset or subset than it
+    started with is refused (:func:`check_resume_data`). Under torchrun rank 0 loads first,
+    so only it decodes and writes the TinyImageNet cache while the others wait, then read it.
+    """
+    data = cfg["data"]
     with distributed.main_first():
-        return load_dataset(cfg["data"]["dataset"], cfg["data"]["root"])
+        train, test = load_dataset(data["dataset"], data["root"])
+    classes = resolve_classes(data, train.num_classes, data["dataset"])
+    data.update(classes=classes or [], num_classes=0)
+    check_resume_data(cfg)
+    return select_classes(train, classes), select_classes(test, classes)
+
+
+def _saved_data(ckpt: Mapping[str, Any]) -> dict:
+    """The ``data`` section of the config stored in a checkpoint ({} if none)."""
+    return dict((ckpt.get("config") or {}).get("data") or {})
+
+
+def check_resume_data(cfg: Mapping[str, Any]) -> None:
+    """ConfigError if ``cfg`` resumes the run in ``model_dir`` with another ``data.dataset``
+    or class subset than its checkpoint was trained on (the labels would mean other classes).
+    Called before the run folder's config.yaml is rewritten, so a refused resume leaves it
+    intact. ``cfg['data']['classes']`` must be resolved (:func:`load_train_test`)."""
+    file = latest_checkpoint(cfg["model_dir"]) if cfg.get("resume") else None
+    if file is None:
+        return
+    saved, data = _saved_data(load_checkpoint(file, verify=False)), cfg["data"]
+    if "dataset" in saved and saved["dataset"] != data["dataset"]:
+        raise ConfigError(f"cannot resume {cfg['model_dir']} on data.dataset {data['dataset']}: "
+                          f"the run was started on {saved['dataset']}")
+    if "classes" in saved and list(saved["classes"]) != list(data["classes"]):
+        hint = (f"--data.classes {','.join(map(str, saved['classes']))}" if saved["classes"]
+                else "no data.classes")
+        raise ConfigError(f"cannot resume {cfg['model_dir']} with data.classes selecting "
+                          f"{describe_classes(data['classes'])}: the run was started on "
+                          f"{describe_classes(saved['classes'])} of {saved.get('dataset')}; "
+                          f"pass {hint}, or --overwrite / another model_dir to start afresh")
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu",
@@ -97,15 +142,20 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tup
 def eval_data(cfg_data: Mapping[str, Any], ckpt: Mapping[str, Any], model_dir) -> dict:
     """The dataset to evaluate a model on: ``data.dataset`` / ``data.root`` of the config,
     where empty taken from the config saved in the model's checkpoint (the data it was trained
-    on, e.g. the target task of a teacher), so ``--model_dir`` alone suffices."""
+    on, e.g. the target task of a teacher), so ``--model_dir`` alone suffices. Likewise the
+    class subset: with ``data.classes`` and ``data.num_classes`` empty, the checkpoint's
+    ``data.classes`` when the dataset is the one the model was trained on."""
     data = dict(cfg_data)
-    saved = (ckpt.get("config") or {}).get("data") or {}
+    saved = _saved_data(ckpt)
     for key in ("dataset", "root"):
         if not data.get(key):
             data[key] = saved.get(key, "")
     if not data["dataset"] or not data["root"]:
         raise ConfigError(f"the checkpoint in {model_dir} does not record its dataset; pass "
                           "--data.dataset and --data.root")
+    if (not data.get("classes") and not data.get("num_classes")
+            and data["dataset"] == saved.get("dataset")):
+        data["classes"] = list(saved.get("classes") or [])
     return data
 
 
@@ -115,6 +165,7 @@ def load_attack_target(cfg: Mapping[str, Any], device) -> tuple[nn.Module, Any, 
     model, ckpt = load_classifier(cfg["model_dir"], device)
     data = eval_data(cfg["data"], ckpt, cfg["model_dir"])
     _, test = load_dataset(data["dataset"], data["root"])
+    test = select_classes(test, resolve_classes(data, test.num_classes, data["dataset"]))
     test = eval_subset(test, cfg["eval"]["num_examples"])
     check_classes(model, test, cfg["model_dir"])
     norm = attack_norm(cfg["attack"])
@@ -140,11 +191,23 @@ def check_classes(model: nn.Module, dataset, path) -> None:
                           f"{dataset.num_classes}: wrong --data.dataset for this model?")
 
 
-def load_teacher(path: str | Path, device, bn: str) -> Teacher:
-    """The frozen finetuned teacher for IGAM: parameters frozen, BatchNorm as ``bn``."""
-    model, _ = load_model(path, device, ("teacher",))
+def load_teacher(path: str | Path, device, bn: str,
+                 data: Mapping[str, Any] | None = None) -> Teacher:
+    """The frozen finetuned teacher for IGAM: parameters frozen, BatchNorm as ``bn``.
+
+    ``data``: the student's resolved ``data`` config; ConfigError if the teacher's checkpoint
+    records the same dataset with another class subset (label i would be another class for
+    the teacher than for the student)."""
+    model, ckpt = load_model(path, device, ("teacher",))
     if not isinstance(model, Teacher):
         raise CheckpointError(f"{checkpoint_path(path)} does not hold a teacher")
+    saved = _saved_data(ckpt)
+    if (data is not None and "classes" in saved and saved.get("dataset") == data["dataset"]
+            and list(saved["classes"]) != list(data["classes"])):
+        raise ConfigError(f"the teacher in {path} was finetuned on "
+                          f"{describe_classes(saved['classes'])} of {data['dataset']}, but "
+                          f"data.classes selects {describe_classes(data['classes'])}; "
+                          "train the student on the teacher's classes")
     for p in model.parameters():
         p.requires_grad_(False)
     model.set_bn(bn)

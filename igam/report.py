@@ -1,4 +1,4 @@
-"""Collect the run_attack.py results of several models into one table (used by the demo).
+"""Collect the run_attack.py results of several models into one table (used by the demos).
 
     python -m igam.report models/demo --rows teacher igam_student --attacks fgsm pgds20 \
         --out models/demo/results.json
@@ -6,6 +6,9 @@
 Reads ``<dir>/<row>/eval_<attack>.json`` (written by run_attack.py) and prints
 clean / per-attack accuracy in percent; writes ``{row: {"clean": %, "<attack>": %}}``.
 Attack names ``pgds20`` are reported as ``pgd20`` (the original's names carry an 's').
+With several folders (e.g. one per transfer pair, scripts/demo_real.sh) the same rows are
+read from each: one table with rows ``<folder name>/<row>``, and the JSON is nested,
+``{folder name: {row: {...}}}``.
 """
 
 from __future__ import annotations
@@ -50,15 +53,22 @@ def format_table(table: dict) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m igam.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="run_dir")
     p.add_argument("--rows", nargs="+", required=True)
     p.add_argument("--attacks", nargs="+", default=["fgsm", "pgds20"])
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    table = collect(args.run_dir, args.rows, args.attacks)
+    if len(args.run_dirs) == 1:
+        table = result = collect(args.run_dirs[0], args.rows, args.attacks)
+    else:
+        if len({d.name for d in args.run_dirs}) < len(args.run_dirs):
+            raise IGAMError("the run folders given to igam.report must have distinct names")
+        result = {d.name: collect(d, args.rows, args.attacks) for d in args.run_dirs}
+        table = {f"{group}/{row}": entry for group, rows in result.items()
+                 for row, entry in rows.items()}
     print(format_table(table))
     if args.out is not None:
-        write_json(args.out, table)
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":

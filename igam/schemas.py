@@ -27,7 +27,10 @@ _RUN = {
     "checkpoint_every": 1000,  # steps between atomic checkpoints
 }
 
-_DATA = {"dataset": "cifar10", "root": "datasets/cifar10"}
+# Class subset (igam.data.subsets): ``classes`` lists original class indices (relabelled
+# 0..k-1 in that order), ``num_classes: k`` takes the first k; both empty = every class.
+_CLASSES = {"classes": [], "num_classes": 0}
+_DATA = {"dataset": "cifar10", "root": "datasets/cifar10", **_CLASSES}
 
 _RUNTIME_RANGES = {"seed": ">= 0"}
 _RUN_RANGES = {**_RUNTIME_RANGES, "log_every": ">= 1", "checkpoint_every": ">= 1"}
@@ -60,7 +63,7 @@ _DATASETS = ["cifar10", "cifar100", "tinyimagenet"]
 ADVTRAIN = {
     **_RUNTIME, **_RUN,
     "model_dir": "models/advtrain_tinyimagenet",
-    "data": {"dataset": "tinyimagenet", "root": "datasets/tiny-imagenet-200"},
+    "data": {"dataset": "tinyimagenet", "root": "datasets/tiny-imagenet-200", **_CLASSES},
     "model": dict(_WRN),
     "train": {"steps": 320000, "batch_size": 16, "lr_schedule": PAPER_LR, "momentum": 0.9,
               "weight_decay": 0.0002, "augment": True, "steps_before_adv_training": 0},
@@ -123,7 +126,7 @@ IGAM_RANGES = {**_RUN_RANGES, **_in("student", _WRN_RANGES), **_EVAL_RANGES,
 ATTACK = {
     **_RUNTIME,
     "model_dir": "models/igam_tinyimagenet_to_cifar10",
-    "data": {"dataset": "", "root": ""},  # empty: the data recorded in the checkpoint
+    "data": {"dataset": "", "root": "", **_CLASSES},  # empty: the data recorded in the checkpoint
     "attack": {"method": "pgd", "eps": 8.0, "step_size": 2.0, "steps": 10,
                "random_start": True, "loss": "xent", "restarts": 1,
                "early_stop": True,   # pgd / fgsm / pgd_l2 (README "Early-stopping PGD")

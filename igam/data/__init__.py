@@ -3,6 +3,7 @@
 - ``load_dataset(name, root)`` -> ``(train, test)`` ``ArrayDataset``s (uint8 NHWC + int64 labels)
   for 'cifar10', 'cifar100' (fine labels) and 'tinyimagenet' (test = official val split).
 - ``TrainBatches`` / ``eval_batches``: float32 NCHW batches in [0, 255] on the device.
+- ``resolve_classes`` / ``select_classes``: class subsets (``data.classes``), relabelled 0..k-1.
 - ``augment_batch``: pad-2 random crop + horizontal flip, batched on the device.
 - ``igam.data.synthetic``: writers of small synthetic datasets in the official file formats.
 
@@ -20,6 +21,9 @@ _EXPORTS = {
     "load_cifar10": "igam.data.cifar",
     "load_cifar100": "igam.data.cifar",
     "load_tinyimagenet": "igam.data.tinyimagenet",
+    "describe_classes": "igam.data.subsets",
+    "resolve_classes": "igam.data.subsets",
+    "select_classes": "igam.data.subsets",
     "augment_batch": "igam.data.augment",
     "crop_flip": "igam.data.augment",
     "draw_crop_flip_params": "igam.data.augment",

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# IGAM on real images at CPU scale, two transfer pairs on the real CIFAR-10 and Tiny-ImageNet
+# in their official layouts:
+#   tinyimagenet_to_cifar10   Tiny-ImageNet (source) -> CIFAR-10 (target), teacher upresize 32 -> 64
+#   cifar10_0-4_to_5-9        CIFAR-10 classes 0-4 (source) -> classes 5-9 (target), data.classes
+# For each pair: PGD adversarial training of the source model -> teacher head finetuning on the
+# target task -> an IGAM student and a baseline student trained identically with
+# beta = gamma = 0 -> FGSM and PGD-20 on the target test set. One table (clean / FGSM / PGD-20
+# accuracy, %), also written to models/demo_real/results.json as
+# {pair: {finetuned_teacher | igam_student | baseline_student: {clean, fgsm, pgd20}}}.
+#
+# Usage: bash scripts/demo_real.sh   (from anywhere; <= 20 min on 2 CPU cores at the defaults)
+# Data: IGAM_REAL_DATA (default datasets/) holds cifar10/cifar-10-batches-py/ (or
+#   cifar-10-batches-py/ directly) and tiny-imagenet-200/ (README "Datasets").
+# Knobs (environment): DEMO_REAL_DIR (output folder), DEMO_REAL_SEED (one seed for every step),
+#   DEMO_REAL_TINY=1 (a few steps on a few test images: a smoke test, numbers meaningless),
+#   and the per-step ones below (DEMO_REAL_*).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+OUT=${DEMO_REAL_DIR:-models/demo_real}
+DATA=${IGAM_REAL_DATA:-datasets}
+SEED=${DEMO_REAL_SEED:-0}
+PY=${PYTHON:-python}
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+start=$(date +%s)
+
+fail() { echo "error: $*" >&2; exit 2; }
+
+# 1. the real datasets (official layouts; the loaders accept a folder or its parent)
+C10=""
+for d in "$DATA/cifar10" "$DATA"; do
+  if [ -f "$d/cifar-10-batches-py/data_batch_1" ] || [ -f "$d/data_batch_1" ]; then C10=$d; break; fi
+done
+[ -n "$C10" ] || fail "real CIFAR-10 not found in $DATA: put the official python version" \
+  "(cifar-10-batches-py/) in $DATA/cifar10/, or set IGAM_REAL_DATA to the folder holding it"
+TIN=$DATA/tiny-imagenet-200
+[ -d "$TIN/train" ] || fail "real Tiny-ImageNet not found in $DATA: unzip the official" \
+  "tiny-imagenet-200.zip into $DATA/ (giving $TIN/train/...), or set IGAM_REAL_DATA"
+
+# 2. settings (DEMO_REAL_TINY=1: the smallest settings that run every step)
+if [ "${DEMO_REAL_TINY:-0}" = 1 ]; then
+  D_WIDTHS=4,4,8,16; D_SRC=2; D_FT=2; D_IGAM=2; D_WARM=1; D_NEVAL=20
+else
+  D_WIDTHS=8,8,16,32; D_SRC=300; D_FT=200; D_IGAM=300; D_WARM=100; D_NEVAL=0
+fi
+WIDTHS=${DEMO_REAL_WIDTHS:-$D_WIDTHS}          # WideResNet widths of every model, 1 unit per stage
+SRC_STEPS=${DEMO_REAL_SRC_STEPS:-$D_SRC}       # adversarial training steps of the source model
+FT_STEPS=${DEMO_REAL_FT_STEPS:-$D_FT}          # teacher head finetuning steps
+IGAM_STEPS=${DEMO_REAL_IGAM_STEPS:-$D_IGAM}    # student steps (both students)
+WARMUP=${DEMO_REAL_WARMUP:-$D_WARM}            # student steps before the IGAM terms start
+BETA=${DEMO_REAL_BETA:-1}                      # IGAM student's discriminator weight
+GAMMA=${DEMO_REAL_GAMMA:-10}                   # IGAM student's L2 (gradient distance) weight
+TIN_CLASSES=${DEMO_REAL_TIN_CLASSES:-0}        # first k Tiny-ImageNet classes as source (0: all 200)
+NEVAL=${DEMO_REAL_NEVAL:-$D_NEVAL}             # test images attacked and evaluated (0: all)
+ATTACKS=(fgsm pgds20)  # LEAD: AutoAttack goes here (autoattack: configs/attack_autoattack.yaml)
+
+COMMON=(--device cpu --overwrite --seed "$SEED" --log_every 50 --eval.batch_size 100
+        --eval.num_examples "$NEVAL")
+decay() { echo $(( $1 * 3 / 4 )); }  # lr 0.05, then 0.01 for the last quarter of the steps
+
+# 3. one transfer pair: $1 pair name, $2 advtrain config, $3 finetune config, $4 IGAM config,
+#    then the arrays SRC_DATA, TGT_DATA and TEACHER (extra options of the teacher) are used.
+run_pair() {
+  local P=$OUT/$1
+  $PY train_advtrain_tinyimagenet.py --config "$2" "${COMMON[@]}" "${SRC_DATA[@]}" \
+    --model_dir "$P/source" --model.widths "$WIDTHS" --model.units_per_stage 1 \
+    --train.steps "$SRC_STEPS" --train.batch_size 32 \
+    --train.lr_schedule "[[0, 0.05], [$(decay "$SRC_STEPS"), 0.01]]" \
+    --attack.steps 3 --attack.step_size 4 --checkpoint_every 100
+  $PY finetune_teacher.py --config "$3" "${COMMON[@]}" "${TGT_DATA[@]}" "${TEACHER[@]}" \
+    --model_dir "$P/finetuned_teacher" --source_model_dir "$P/source" \
+    --finetune.steps "$FT_STEPS" --finetune.batch_size 64 --finetune.lr 0.01 \
+    --checkpoint_every 100
+  for name in igam_student baseline_student; do
+    if [ "$name" = igam_student ]; then W=(--igam.beta "$BETA" --igam.gamma "$GAMMA");
+    else W=(--igam.beta 0 --igam.gamma 0); fi
+    $PY train_igam.py --config "$4" "${COMMON[@]}" "${TGT_DATA[@]}" \
+      --model_dir "$P/$name" --teacher_dir "$P/finetuned_teacher" \
+      --student.widths "$WIDTHS" --student.units_per_stage 1 \
+      --discriminator.num_conv_layers 3 --discriminator.base_channels 8 \
+      --igam.steps_before_adv_opt "$WARMUP" --igam.disc_update_steps 1 "${W[@]}" \
+      --train.steps "$IGAM_STEPS" --train.batch_size 32 \
+      --train.lr_schedule "[[0, 0.05], [$(decay "$IGAM_STEPS"), 0.01]]" --checkpoint_every 100
+  done
+  # attacks on the target test set (dataset and class subset from each model's checkpoint)
+  for model in finetuned_teacher igam_student baseline_student; do
+    for attack in "${ATTACKS[@]}"; do
+      for script in pgd_attack.py run_attack.py; do
+        $PY "$script" --config "configs/attack_${attack}.yaml" --model_dir "$P/$model" \
+          --device cpu --seed "$SEED" --eval.num_examples "$NEVAL" --attack_dir "$P/attacks" \
+          > /dev/null
+      done
+    done
+  done
+  gradient_picture "$P"
+}
+
+# LEAD: the gradient picture and alignment numbers go here, once igam.visualize exists:
+#   python -m igam.visualize --teacher_dir "$1/finetuned_teacher" --student_dir "$1/igam_student" ...
+#     --out "$1/gradients.png"   (and its alignment JSON into the table)
+gradient_picture() { :; }
+
+# (a) Tiny-ImageNet -> CIFAR-10: the paper's pair, teacher upresizes the 32x32 images to 64x64
+SRC_DATA=(--data.root "$TIN" --data.num_classes "$TIN_CLASSES")
+TGT_DATA=(--data.dataset cifar10 --data.root "$C10")
+TEACHER=()
+run_pair tinyimagenet_to_cifar10 configs/advtrain_tinyimagenet.yaml \
+  configs/finetune_tinyimagenet_to_cifar10.yaml configs/igam_tinyimagenet_to_cifar10.yaml
+
+# (b) CIFAR-10 classes 0-4 -> 5-9: same images size, disjoint classes (like CIFAR-10 -> 100)
+SRC_DATA=(--data.dataset cifar10 --data.root "$C10" --data.classes 0,1,2,3,4)
+TGT_DATA=(--data.dataset cifar10 --data.root "$C10" --data.classes 5,6,7,8,9)
+TEACHER=(--teacher.upresize_to 0 --teacher.standardization source)
+run_pair cifar10_0-4_to_5-9 configs/advtrain_cifar10.yaml \
+  configs/finetune_cifar10_to_cifar100.yaml configs/igam_cifar10_to_cifar100.yaml
+
+# 4. one table
+$PY -m igam.report "$OUT/tinyimagenet_to_cifar10" "$OUT/cifar10_0-4_to_5-9" \
+  --rows finetuned_teacher igam_student baseline_student --attacks "${ATTACKS[@]}" \
+  --out "$OUT/results.json"
+echo "demo_real finished in $(( $(date +%s) - start )) s (seed $SEED); results in $OUT/results.json"
