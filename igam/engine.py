@@ -22,7 +22,6 @@ from igam.advfiles import attack_file_path
 from igam.checkpoint import (
     check_format,
     checkpoint_path,
-    latest_checkpoint,
     load_checkpoint,
     load_model_state,
     make_checkpoint,
@@ -42,7 +41,7 @@ from igam.files import atomic_write
 from igam.gradients import input_gradient
 from igam.models import Teacher, build_model
 from igam.ops import frozen_bn_stats
-from igam.rundir import MetricsLogger
+from igam.rundir import CHECKPOINT_NAME, MetricsLogger
 from igam.seeding import rng_state, seed_everything, set_rng_state
 from igam.training import evaluate
 
@@ -96,8 +95,8 @@ def check_resume_data(cfg: Mapping[str, Any]) -> None:
     or class subset than its checkpoint was trained on (the labels would mean other classes).
     Called before the run folder's config.yaml is rewritten, so a refused resume leaves it
     intact. ``cfg['data']['classes']`` must be resolved (:func:`load_train_test`)."""
-    file = latest_checkpoint(cfg["model_dir"]) if cfg.get("resume") else None
-    if file is None:
+    file = Path(cfg["model_dir"]) / CHECKPOINT_NAME
+    if not (cfg.get("resume") and file.is_file()):
         return
     saved, data = _saved_data(load_checkpoint(file, verify=False)), cfg["data"]
     if "dataset" in saved and saved["dataset"] != data["dataset"]:

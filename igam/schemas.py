@@ -32,6 +32,7 @@ _RUN = {
 _CLASSES = {"classes": [], "num_classes": 0}
 _DATA = {"dataset": "cifar10", "root": "datasets/cifar10", **_CLASSES}
 
+_CLASSES_RANGES = {"data.num_classes": ">= 0"}  # 0: every class; data.classes: igam.data.subsets
 _RUNTIME_RANGES = {"seed": ">= 0"}
 _RUN_RANGES = {**_RUNTIME_RANGES, "log_every": ">= 1", "checkpoint_every": ">= 1"}
 
@@ -75,7 +76,7 @@ ADVTRAIN = {
 ADVTRAIN_CHOICES = {"data.dataset": _DATASETS, "model.standardization": _STD,
                     "attack.loss": ["xent", "cw"], "eval.bn_mode": ["eval", "train"],
                     **_PRECISION_CHOICES}
-ADVTRAIN_RANGES = {**_RUN_RANGES, **_in("model", _WRN_RANGES), **_EVAL_RANGES,
+ADVTRAIN_RANGES = {**_RUN_RANGES, **_CLASSES_RANGES, **_in("model", _WRN_RANGES), **_EVAL_RANGES,
                    **_in("train", {**_SGD_RANGES, "steps_before_adv_training": ">= 0"}),
                    **_in("attack", _ATTACK_RANGES)}
 
@@ -92,7 +93,8 @@ FINETUNE = {
 }
 FINETUNE_CHOICES = {"data.dataset": _DATASETS, "teacher.standardization": _STD + ["source"],
                     "teacher.bn": ["batch", "running"], "eval.bn_mode": ["eval", "train"]}
-FINETUNE_RANGES = {**_RUN_RANGES, "teacher.upresize_to": ">= 0", **_EVAL_RANGES,  # 0: none
+FINETUNE_RANGES = {**_RUN_RANGES, **_CLASSES_RANGES, **_EVAL_RANGES,
+                   "teacher.upresize_to": ">= 0",  # 0: no resize
                    **_in("finetune", {"steps": ">= 1", "batch_size": ">= 1", "lr": "> 0",
                                       "weight_decay": ">= 0", "eps": ">= 0"})}
 
@@ -115,7 +117,7 @@ IGAM = {
 IGAM_CHOICES = {"data.dataset": _DATASETS, "student.standardization": _STD,
                 "discriminator.standardization": ["student"] + _STD,
                 "teacher_bn": ["batch", "running"], "eval.bn_mode": ["eval", "train"]}
-IGAM_RANGES = {**_RUN_RANGES, **_in("student", _WRN_RANGES), **_EVAL_RANGES,
+IGAM_RANGES = {**_RUN_RANGES, **_CLASSES_RANGES, **_in("student", _WRN_RANGES), **_EVAL_RANGES,
                # base_channels >= 2: the last FC layer of the FC variant has base // 2 units
                **_in("discriminator", {"num_conv_layers": ">= 1", "base_channels": ">= 2",
                                        "num_fc_layers": ">= 1"}),
@@ -147,5 +149,6 @@ ATTACK_CHOICES = {"data.dataset": [""] + _DATASETS,
                   "attack.version": list(VERSIONS), "attack.attacks": list(SUB_ATTACKS),
                   "attack.norm": list(NORMS),
                   **_PRECISION_CHOICES}
-ATTACK_RANGES = {**_RUNTIME_RANGES, **_EVAL_RANGES,
-                 **_in("attack", {**_ATTACK_RANGES, "restarts": ">= 1"})}
+ATTACK_RANGES = {**_RUNTIME_RANGES, **_CLASSES_RANGES, **_EVAL_RANGES,
+                 **_in("attack", {**_ATTACK_RANGES, "restarts": ">= 1",
+                                  "n_iter": ">= 0", "n_queries": ">= 0"})}  # 0: standard
