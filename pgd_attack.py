@@ -1,6 +1,6 @@
 """Step 4 - generate adversarial examples of the test set against a trained model.
 
-Port of the original ``pgd_attack.py`` (SPEC 8): L-inf PGD (default eps 8, step 2, 10 steps,
+Port of the original ``pgd_attack.py`` (original.md §8): L-inf PGD (default eps 8, step 2, 10 steps,
 random start), FGSM (``--attack.method fgsm``) or per-example L2 PGD, early-stopping by default
 (``attack.early_stop``); or AutoAttack (``--attack.method autoattack``, optional package,
 README "AutoAttack"). The model is rebuilt from its checkpoint alone (classifier, teacher or

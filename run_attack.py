@@ -1,6 +1,6 @@
 """Step 5 - evaluate a model on stored adversarial examples and on the clean test set.
 
-Port of the original ``run_attack.py`` (SPEC 8): the file is refused (one-line error) if its
+Port of the original ``run_attack.py`` (original.md §8): the file is refused (one-line error) if its
 shape, pixel range [0, 255] (+-1e-4) or perturbation size (max |x_adv - x_nat| <= eps + 1e-4)
 is wrong. Reports adversarial and clean accuracy, and writes into the model folder
 ``eval_<attack_name>.json``, ``eval_<attack_name>.txt`` and the predictions

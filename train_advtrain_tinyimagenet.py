@@ -1,6 +1,6 @@
 """Step 1 - PGD adversarial training of the robust source model (Madry et al. 2018).
 
-Port of the original ``train_tinyimagenet_only_advtrain.py`` (SPEC 5): every step crafts PGD
+Port of the original ``train_tinyimagenet_only_advtrain.py`` (original.md §5): every step crafts PGD
 adversarial examples (eps 8, step 2, 7 steps, random start) against the current model in train
 mode and takes one SGD step on their cross-entropy. TinyImageNet by default; with
 ``--data.dataset cifar10`` it trains a Madry-style CIFAR-10 teacher.

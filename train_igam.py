@@ -1,7 +1,7 @@
 """Step 3 - IGAM: train a student whose input gradients look like the robust teacher's.
 
 Port of the original ``train_igam.py`` / ``train_igam_tinyimagenet2cifar_upresize.py``
-(SPEC 4): the student (WideResNet, trained on natural images only) minimises
+(original.md §4): the student (WideResNet, trained on natural images only) minimises
 CE - beta * D_xent + gamma * sum (g_s - g_t)^2, while an input-gradient discriminator learns to
 tell its input gradients from the frozen teacher's. The first ``igam.steps_before_adv_opt``
 steps are plain classification training.

@@ -7,7 +7,7 @@
    Repetitions are interleaved (the cache file is deleted before each ``cold`` run). The
    operating system's page cache holds the JPEG files after the warm-up run, so "cold" means
    "not yet decoded by us", not "not yet read from disk". The data is the real subset at
-   ``$IGAM_SHARED_DATA/tiny-imagenet-200`` (else ``<repo>/../shared/data/tiny-imagenet-200``),
+   ``$IGAM_REAL_DATA/tiny-imagenet-200`` (the tests' real-image folder, README),
    or ``--data PATH``, or ``--data synthetic`` (written to a temporary folder with
    ``igam.data.synthetic``). ``IGAM_CACHE_DIR`` points at a temporary folder for the run, and a
    writable data folder is first copied there, so nothing is ever written next to your data.
@@ -76,11 +76,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 # Decode vs cache
 
 
-def _shared_tinyimagenet() -> Optional[Path]:
-    env = os.environ.get("IGAM_SHARED_DATA")
-    base = Path(env) if env else common.REPO.parent / "shared" / "data"
-    cand = base / "tiny-imagenet-200"
-    return cand if (cand / "train").is_dir() else None
+def _real_tinyimagenet() -> Optional[Path]:
+    env = os.environ.get("IGAM_REAL_DATA")
+    cand = Path(env) / "tiny-imagenet-200" if env else None
+    return cand if cand is not None and (cand / "train").is_dir() else None
 
 
 def _writable(path: Path) -> bool:
@@ -97,7 +96,7 @@ def dataset_folder(args, tmp: Path) -> Iterator[tuple]:
     choice = args.data
     src = None
     if choice == "auto":
-        src = _shared_tinyimagenet()
+        src = _real_tinyimagenet()
     elif choice != "synthetic":
         src = find_root(choice)
     if src is None:

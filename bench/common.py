@@ -96,7 +96,7 @@ def setup(args: argparse.Namespace) -> torch.device:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    set_fidelity(False)  # the port's default (SPEC 1): measure what training actually runs
+    set_fidelity(False)  # the port's default (original.md §1): measure what training actually runs
     return device
 
 

@@ -1,4 +1,4 @@
-"""Adversarial-example files of ``pgd_attack.py`` / ``run_attack.py`` (SPEC 1, 8).
+"""Adversarial-example files of ``pgd_attack.py`` / ``run_attack.py`` (original.md §1, §8).
 
 Format of the original: ``attacks/<model_name>[_<attack_name>]_attack.npy`` (``c100attack``
 for CIFAR-100, ``l2attack`` for L2 attacks), a float32 array (N, H, W, 3) - NHWC - with pixels

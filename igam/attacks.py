@@ -1,4 +1,4 @@
-"""White-box adversarial attacks used to evaluate and adversarially train IGAM models (SPEC 8).
+"""White-box adversarial attacks that evaluate and adversarially train IGAM models (original.md §8).
 
 One small class per attack, in the style of torchattacks:
 
@@ -25,7 +25,7 @@ which is what is returned for it. Per example the iterates are the same as witho
 stop (same random draws), so accuracy under attack is equal or lower, at a fraction of the
 cost. Adversarial training never early-stops (the class default is off).
 
-Differences from the original (TF, pgd_attack.py), all marked [fix] in SPEC 8:
+Differences from the original (TF, pgd_attack.py), all listed as fixes in original.md §8:
 - ``restarts`` are run (the original ignored ``num_restarts``), keeping the worst case per
   example;
 - L2 PGD normalises gradients and projects per example (the original used the norm of the

@@ -18,7 +18,7 @@ arch                     TF prefix    standardisation   module
 ``discriminator``        discriminator/ zero_mean_l2    InputGradientDiscriminator
 ======================== ============ ================= =====================================
 
-Layouts (SPEC 2): conv kernels HWIO -> OIHW; FC weights [in, out] -> [out, in];
+Layouts (original.md §2): conv kernels HWIO -> OIHW; FC weights [in, out] -> [out, in];
 ``contrib.layers.batch_norm`` gamma/beta/moving_mean/moving_variance -> BatchNorm
 weight/bias/running_mean/running_var. The discriminator's FC layers see NHWC-flattened maps in
 TF; the port's discriminator flattens in NHWC order itself, so its weights need no row
@@ -64,7 +64,7 @@ _WRN_ARCHS = {
     "tiny_teacher_upresize": ("", "zero_mean_l2"),
 }
 _TEACHERS = {"madry_teacher", "tiny_teacher_upresize"}
-# defaults of Teacher(...) per teacher arch (SPEC 3)
+# defaults of Teacher(...) per teacher arch (original.md §3)
 _TEACHER_DEFAULTS = {
     "madry_teacher": {"upresize_to": None, "standardization": None, "bn": "batch"},
     "tiny_teacher_upresize": {"upresize_to": 64, "standardization": "l2", "bn": "batch"},

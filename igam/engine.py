@@ -130,7 +130,7 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tup
     """A model for attacks and evaluation: classifier, teacher or IGAM student.
 
     Teachers are switched to follow train/eval for their BatchNorm (``bn_mode`` of the
-    evaluation then decides between running and batch statistics, SPEC 8).
+    evaluation then decides between running and batch statistics, original.md §8).
     """
     model, ckpt = load_model(path, device, ("classifier", "teacher", "igam"))
     if isinstance(model, Teacher):

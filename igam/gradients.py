@@ -1,4 +1,4 @@
-"""Input gradients: the saliency maps that IGAM matches (SPEC 4).
+"""Input gradients: the saliency maps that IGAM matches (original.md §4).
 
 The input gradient of a classifier f at a labelled batch (x, y) is
 
@@ -48,7 +48,7 @@ def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             a constant target (the teacher) leave False: the result is detached.
     Returns:
         (B, 3, H, W) gradient, same dtype and device as x. Values are tiny (pixels are on the
-        [0, 255] scale), which is why TF32 is disabled by default (SPEC 1).
+        [0, 255] scale), which is why TF32 is disabled by default (original.md §1).
     """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():

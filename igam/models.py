@@ -1,5 +1,5 @@
 """The networks of IGAM: the Madry WideResNet, the teacher with a new head, and the
-input-gradient discriminator (SPEC sections 2-4).
+input-gradient discriminator (original.md §2-4).
 
 All classifiers take NCHW float images with pixels in [0, 255] and return logits; the
 standardisation of the original is the first step of ``forward``.
@@ -131,7 +131,7 @@ class WideResNet(nn.Module):
 
 
 class Teacher(nn.Module):
-    """A robust source WideResNet with a new head for the target task (SPEC 3).
+    """A robust source WideResNet with a new head for the target task (original.md §3).
 
     Args:
         source: the (adversarially trained) source-task WideResNet; its ``fc`` stays the

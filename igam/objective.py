@@ -1,4 +1,4 @@
-"""The IGAM objective and one IGAM training iteration (SPEC 4; original ``train_igam.py``).
+"""The IGAM objective and one IGAM training iteration (original.md §4; original ``train_igam.py``).
 
 Student loss (minimised by the student):
 
@@ -92,7 +92,7 @@ class IGAMSettings:
 
 
 class IGAMTrainer:
-    """One IGAM training iteration at a time, in the original's order (SPEC 4).
+    """One IGAM training iteration at a time, in the original's order (original.md §4).
 
     Iteration ii (``self.iteration``):
       1. the caller draws an augmented batch (x, y); if ``img_random_pert``, add

@@ -1,4 +1,4 @@
-"""Building blocks that reproduce TensorFlow 1.x numerics exactly (SPEC sections 2-3).
+"""Building blocks that reproduce TensorFlow 1.x numerics exactly (original.md §2-3).
 
 Every function here exists because the "obvious" PyTorch call differs from what the original
 TensorFlow graph computed:
@@ -15,7 +15,7 @@ TensorFlow graph computed:
   ``F.interpolate`` uses half-pixel centres and differs by up to ~100 grey levels.
 * :class:`BatchNorm2d` / :class:`BatchNorm1d` - eps 1e-3, momentum 0.1 (TF decay 0.9), with a
   switch to force batch or running statistics regardless of ``train()``/``eval()`` (used for the
-  frozen teacher, SPEC 3).
+  frozen teacher, original.md §3).
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ class BatchNorm2d(_StatsSwitch, nn.BatchNorm2d):
     """TF ``contrib.layers.batch_norm`` (decay 0.9, eps 1e-3, center, scale) on NCHW maps.
 
     Normalises with the biased batch variance, stores the unbiased one in the running average,
-    exactly as ``nn.BatchNorm2d`` (verified against TF in the spec).
+    exactly as ``nn.BatchNorm2d`` (verified against TF: tests/test_convert.py).
     """
 
     def __init__(self, num_features: int):

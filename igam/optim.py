@@ -1,4 +1,4 @@
-"""Optimisers and learning-rate schedule of the original (SPEC 2, 4, 6).
+"""Optimisers and learning-rate schedule of the original (original.md §2, §4, §6).
 
 * Weight decay of the original is an L2 loss term ``wd * sum(w^2) / 2`` over the variables
   named ``DW`` - the conv kernels and FC weights only (no biases, no BatchNorm). Its gradient

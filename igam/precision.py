@@ -1,7 +1,7 @@
 """Speed options of the forward pass: bf16 autocast, channels_last, torch.compile.
 
 Config section ``precision`` (adversarial training, attacks; default = off = the port's fp32
-semantics, SPEC 1):
+semantics, original.md §1):
 
 * ``autocast: none | bf16`` - run the model's forward under ``torch.autocast`` in bfloat16;
   logits come back as float32, so losses, input gradients and PGD updates stay fp32.

@@ -2,9 +2,10 @@
 
 Each schema is the source of truth for its script's keys: ``configs/*.yaml`` override the
 defaults, command-line ``--dotted.key value`` overrides the files (``igam.config``). Defaults
-are the paper's settings (SPEC 4-6, 9); the YAML files document every key. Beside each schema,
-``*_CHOICES`` lists the allowed values of its string keys and ``*_RANGES`` the allowed range of
-every numeric key (``">= 1"``, ``"> 0"``, ``"[0, 1]"``, ``"schedule"``; ``igam.config``).
+are the paper's settings (original.md §4-6, §9); the YAML files document every key. Beside
+each schema, ``*_CHOICES`` lists the allowed values of its string keys and ``*_RANGES`` the
+allowed range of every numeric key (``">= 1"``, ``"> 0"``, ``"[0, 1]"``, ``"schedule"``;
+checked by ``igam.config``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ PAPER_LR = [[0.0, 0.1], [160000.0, 0.01], [240000.0, 0.001]]  # [step, lr]; floa
 _RUNTIME = {
     "seed": 0,                # seeds python, numpy and torch
     "device": "auto",         # auto | cpu | cuda | cuda:N | mps
-    "allow_tf32": False,      # SPEC 1: TF32 off by default (input gradients are fp32-sensitive)
+    "allow_tf32": False,      # TF32 off: input gradients are fp32-sensitive (original.md §1)
 }
 
 _RUN = {
@@ -53,7 +54,7 @@ _SGD_RANGES = {"steps": ">= 1", "batch_size": ">= 1", "lr_schedule": "schedule",
                "momentum": "[0, 1]", "weight_decay": ">= 0"}
 _ATTACK_RANGES = {"eps": "> 0", "step_size": "> 0", "steps": ">= 1"}
 
-# Speed options (igam.precision); the defaults keep the faithful fp32 computation (SPEC 1).
+# Speed options (igam.precision); the defaults keep the faithful fp32 computation (original.md §1).
 # Offered where only first-order gradients are taken: adversarial training, attacks, eval.
 _PRECISION = {"autocast": "none", "channels_last": False, "compile": False}
 _PRECISION_CHOICES = {"precision.autocast": ["none", "bf16"]}

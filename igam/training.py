@@ -1,9 +1,9 @@
 """Training steps shared by the entry scripts, besides IGAM itself (``igam.objective``).
 
-* :class:`ClassifierTrainer` - plain or PGD adversarial training of a classifier (SPEC 5).
-* :class:`HeadFinetuner` - fit the teacher's new target head with Adam (SPEC 6).
+* :class:`ClassifierTrainer` - plain or PGD adversarial training of a classifier (original.md §5).
+* :class:`HeadFinetuner` - fit the teacher's new target head with Adam (original.md §6).
 * :func:`evaluate` - accuracy on every example once (clean or under an attack).
-* :func:`recalibrate_bn` - re-estimate BatchNorm running statistics on target data (SPEC 6).
+* :func:`recalibrate_bn` - re-estimate BatchNorm running statistics on target data (original.md §6).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class ClassifierTrainer:
 
 
 class HeadFinetuner:
-    """Fit the teacher's new target head (or the whole teacher) with Adam (SPEC 6).
+    """Fit the teacher's new target head (or the whole teacher) with Adam (original.md §6).
 
     Loss, as the original's: CE of the target head + ``weight_decay`` * the source network's
     weight-decay term ``sum(w^2) / 2`` over its conv/FC weights (the source head's included,
@@ -134,7 +134,7 @@ def evaluate(model: nn.Module, batches: Iterable, attack=None, bn_mode: str = "e
     Args:
         model: classifier (B, 3, H, W) in [0, 255] -> logits.
         batches: e.g. ``igam.data.eval_batches(dataset, 100, device)`` (partial last batch
-            included, SPEC 7 [fix]).
+            included, original.md §7 [fix]).
         attack: optional attack applied to each batch before classification.
         bn_mode: 'eval' (running statistics, the port's default) or 'train' (the original's
             batch statistics; the model's running statistics are then restored afterwards).
@@ -169,7 +169,7 @@ def evaluate(model: nn.Module, batches: Iterable, attack=None, bn_mode: str = "e
 def recalibrate_bn(model: nn.Module, batches: Iterable, progress=None) -> int:
     """Re-estimate every BatchNorm's running statistics as a cumulative average over batches.
 
-    Used after finetuning a teacher with batch-statistics BN (SPEC 6 [option]): its saved
+    Used after finetuning a teacher with batch-statistics BN (original.md §6 [option]): its saved
     running statistics come from the source task, so eval-mode use would feed the new head
     features it never saw. The statistics are estimated in train mode with every ``stats``
     switch cleared; afterwards the switches are restored and the model is left in eval mode.

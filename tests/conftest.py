@@ -14,21 +14,16 @@ REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
 
-def shared_data_dir() -> Path | None:
-    """Folder with the real CIFAR-10 / Tiny-ImageNet subsets (env IGAM_SHARED_DATA, set by
-    .ci/run to ../shared/data; falls back to ../shared/data beside the repo)."""
-    env = os.environ.get("IGAM_SHARED_DATA")
-    cand = Path(env) if env else REPO.parent / "shared" / "data"
-    return cand if cand.is_dir() else None
-
-
-@pytest.fixture
-def shared_data() -> Path:
-    d = shared_data_dir()
-    if d is None:
-        pytest.skip("real data subsets not found: set IGAM_SHARED_DATA to a folder holding "
-                    "cifar-10-batches-py/ and tiny-imagenet-200/ (CI sets ../shared/data)")
-    return d
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """Folder with real CIFAR-10 / Tiny-ImageNet images in their official layouts
+    (``cifar-10-batches-py/``, ``tiny-imagenet-200/``; small subsets suffice), named by the
+    environment variable IGAM_REAL_DATA (CI sets it); tests that need it are skipped without."""
+    env = os.environ.get("IGAM_REAL_DATA")
+    if not env or not Path(env).is_dir():
+        pytest.skip("real images not found: set IGAM_REAL_DATA to a folder holding "
+                    "cifar-10-batches-py/ and tiny-imagenet-200/ (official layouts)")
+    return Path(env)
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Tests of igam.attacks: PGD / FGSM / PGDL2 semantics (SPEC 8) and model-state hygiene."""
+"""Tests of igam.attacks: PGD / FGSM / PGDL2 semantics (original.md §8) and model-state hygiene."""
 
 import copy
 
@@ -96,7 +96,7 @@ def _tiny_net(seed=0, num_classes=2):
 
 
 def _reference_pgd(model, x_nat, y, eps, step, steps, seed, loss="xent"):
-    """PGD written out step by step as in SPEC 8 / the original's perturb."""
+    """PGD written out step by step as in original.md §8 / the original's perturb."""
     g = torch.Generator().manual_seed(seed)
     x = torch.clamp(x_nat + torch.empty_like(x_nat).uniform_(-eps, eps, generator=g), 0, 255)
     for _ in range(steps):

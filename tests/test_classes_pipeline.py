@@ -2,7 +2,7 @@
 saved config and checkpoint, attacks and evaluation on the same subset by default, a
 teacher/student subset mismatch, resumption, and one-line errors.
 
-Real CIFAR-10 / Tiny-ImageNet subsets (../shared/data) and synthetic CIFAR-100 files."""
+Real CIFAR-10 / Tiny-ImageNet subsets ($IGAM_REAL_DATA) and synthetic CIFAR-100 files."""
 
 from __future__ import annotations
 
@@ -44,11 +44,11 @@ def assert_one_line_error(proc, *needles: str) -> None:
         assert needle in last, last
 
 
-def test_tinyimagenet_first_k_classes_train_and_attack(shared_data, tmp_path):
+def test_tinyimagenet_first_k_classes_train_and_attack(real_data, tmp_path):
     """Source model on the first 10 Tiny-ImageNet classes (data.num_classes 10): 10 logits,
     mapping recorded, and the attack scripts evaluate it on the same 10 classes unasked."""
     w = tmp_path
-    root = str(shared_data / "tiny-imagenet-200")
+    root = str(real_data / "tiny-imagenet-200")
     run("train_advtrain_tinyimagenet.py", *ADV_CFG, *FAST, *TINY, *ADV_STEPS,
         "--data.root", root, "--data.num_classes", "10", "--model_dir", "models/src",
         "--train.steps", "2", cwd=w)
@@ -72,12 +72,12 @@ def test_tinyimagenet_first_k_classes_train_and_attack(shared_data, tmp_path):
     assert res["clean_accuracy"] == np.mean(clean == sub.labels)
 
 
-def test_cifar10_source_0_4_teacher_and_student_5_9(shared_data, tmp_path):
+def test_cifar10_source_0_4_teacher_and_student_5_9(real_data, tmp_path):
     """Transfer pair CIFAR-10 classes 0-4 -> 5-9: source model, teacher head and IGAM student
     on their subsets; the attack finds the student's subset in its checkpoint; a student on
     other classes than its teacher is refused."""
     w = tmp_path
-    c10 = ["--data.dataset", "cifar10", "--data.root", str(shared_data / "cifar-10-batches-py")]
+    c10 = ["--data.dataset", "cifar10", "--data.root", str(real_data / "cifar-10-batches-py")]
     run("train_advtrain_tinyimagenet.py", *ADV_CFG, *FAST, *TINY, *ADV_STEPS, *c10,
         "--data.classes", "0,1,2,3,4", "--model_dir", "models/src", "--train.steps", "2",
         "--eval.num_examples", "50", cwd=w)
@@ -97,7 +97,7 @@ def test_cifar10_source_0_4_teacher_and_student_5_9(shared_data, tmp_path):
     assert saved_data(w / "models/igam")[1]["classes"] == [5, 6, 7, 8, 9]
 
     res = attack("models/igam", w, "pgds5")
-    _, test = load_dataset("cifar10", shared_data)
+    _, test = load_dataset("cifar10", real_data)
     sub = select_classes(test, [5, 6, 7, 8, 9])
     assert res["dataset"] == "cifar10/test[classes 5-9]" and res["n"] == len(sub) == 500
     clean = np.load(w / "models/igam/pred_clean.npy")

@@ -40,34 +40,18 @@ CIFAR10_NAMES = [
 ]  # fmt: skip
 
 
-def _shared_data() -> Path:
-    env = os.environ.get("IGAM_SHARED_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    if not path.is_dir():
-        pytest.skip(
-            f"real data subsets not found at {path}: set IGAM_SHARED_DATA to the shared/data "
-            "folder (cifar-10-batches-py/, tiny-imagenet-200/; see its README.txt)"
-        )
-    return path
+@pytest.fixture(scope="module")
+def cifar10_real(real_data):
+    return load_cifar10(real_data / "cifar-10-batches-py")
 
 
 @pytest.fixture(scope="module")
-def shared() -> Path:
-    return _shared_data()
-
-
-@pytest.fixture(scope="module")
-def cifar10_real(shared):
-    return load_cifar10(shared / "cifar-10-batches-py")
-
-
-@pytest.fixture(scope="module")
-def tiny_real(shared, tmp_path_factory):
+def tiny_real(real_data, tmp_path_factory):
     """Real Tiny-ImageNet subset, first load (decodes; cache goes to a temp IGAM_CACHE_DIR)."""
     cache_dir = tmp_path_factory.mktemp("igam_cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IGAM_CACHE_DIR", str(cache_dir))
-        train, val = load_tinyimagenet(shared / "tiny-imagenet-200")
+        train, val = load_tinyimagenet(real_data / "tiny-imagenet-200")
     return train, val, cache_dir
 
 
@@ -94,7 +78,7 @@ def test_cifar10_real_counts_shapes_names(cifar10_real):
     assert train.num_classes == 10 and len(train) == 5000
 
 
-def test_cifar10_real_known_pixels_and_labels(cifar10_real, shared):
+def test_cifar10_real_known_pixels_and_labels(cifar10_real, real_data):
     """The exact copies of official images keep their official labels and pixels (README)."""
     train, test = cifar10_real
     pos = {name: i for i, name in enumerate(train.filenames)}
@@ -105,17 +89,17 @@ def test_cifar10_real_known_pixels_and_labels(cifar10_real, shared):
     assert test.images[i0, 0, :8, 0].tolist() == [158, 159, 165, 166, 160, 156, 162, 159]
     assert test.labels[i0] == 3  # the first official test image is a cat
     # NHWC conversion: pixel (row 0, col 0) = element 0 / 1024 / 2048 of the b'data' row.
-    with open(shared / "cifar-10-batches-py" / "test_batch", "rb") as f:
+    with open(real_data / "cifar-10-batches-py" / "test_batch", "rb") as f:
         raw = pickle.load(f, encoding="bytes")[b"data"][i0]
     assert test.images[i0, 0, 0].tolist() == [raw[0], raw[1024], raw[2048]]
     assert test.images[i0, 1, 2, 0] == raw[32 + 2]
 
 
-def test_load_dataset_dispatch(shared):
-    train, test = load_dataset("CIFAR-10", shared)  # parent folder + alias
+def test_load_dataset_dispatch(real_data):
+    train, test = load_dataset("CIFAR-10", real_data)  # parent folder + alias
     assert len(train) == 5000 and train.name == "cifar10/train" and test.name == "cifar10/test"
     with pytest.raises(ConfigError) as e:
-        load_dataset("mnist", shared)
+        load_dataset("mnist", real_data)
     _one_line_error(e, "mnist", "cifar10")
 
 
@@ -123,9 +107,9 @@ def test_load_dataset_dispatch(shared):
 # Real Tiny-ImageNet subset
 
 
-def test_tinyimagenet_real(tiny_real, shared):
+def test_tinyimagenet_real(tiny_real, real_data):
     train, val, cache_dir = tiny_real
-    root = shared / "tiny-imagenet-200"
+    root = real_data / "tiny-imagenet-200"
     wnids = [w for w in (root / "wnids.txt").read_text().split()]
     assert len(wnids) == 200 and wnids != sorted(wnids)  # the official file is not sorted
     assert train.class_names == sorted(wnids) and val.class_names == sorted(wnids)
@@ -153,12 +137,12 @@ def test_tinyimagenet_real(tiny_real, shared):
         g = ds.images[gray]
         assert np.array_equal(g[..., 0], g[..., 1]) and np.array_equal(g[..., 1], g[..., 2])
 
-    # the shared folder has no write bits: nothing written there, cache in IGAM_CACHE_DIR
+    # the real-data folder may have no write bits: nothing written there, cache in IGAM_CACHE_DIR
     assert not (root / tin.CACHE_NAME).exists()
     assert len(list(cache_dir.glob("tinyimagenet_*.npz"))) == 1
 
 
-def test_tinyimagenet_real_second_load_uses_cache(tiny_real, shared, monkeypatch):
+def test_tinyimagenet_real_second_load_uses_cache(tiny_real, real_data, monkeypatch):
     train, val, cache_dir = tiny_real
     monkeypatch.setenv("IGAM_CACHE_DIR", str(cache_dir))
 
@@ -166,17 +150,17 @@ def test_tinyimagenet_real_second_load_uses_cache(tiny_real, shared, monkeypatch
         raise AssertionError("decoded a JPEG although the cache is valid")
 
     monkeypatch.setattr(Image, "open", no_decoding)
-    train2, val2 = load_tinyimagenet(shared / "tiny-imagenet-200")
+    train2, val2 = load_tinyimagenet(real_data / "tiny-imagenet-200")
     assert np.array_equal(train.images, train2.images)
     assert np.array_equal(train.labels, train2.labels)
     assert np.array_equal(val.images, val2.images) and np.array_equal(val.labels, val2.labels)
     assert train2.filenames == train.filenames
 
 
-def test_tinyimagenet_real_rearranged_val_layout(tiny_real, shared, tmp_path):
+def test_tinyimagenet_real_rearranged_val_layout(tiny_real, real_data, tmp_path):
     """val/images/<wnid>/*.JPEG (the layout the original expected) gives the same data."""
     _, val, _ = tiny_real
-    src = shared / "tiny-imagenet-200"
+    src = real_data / "tiny-imagenet-200"
     root = tmp_path / "tiny-imagenet-200"
     (root / "val" / "images").mkdir(parents=True)
     (root / "wnids.txt").symlink_to(src / "wnids.txt")

@@ -1,4 +1,4 @@
-"""scripts/demo_real.sh end to end on the real subsets (../shared/data) with its tiny settings
+"""scripts/demo_real.sh end to end on the real subsets ($IGAM_REAL_DATA) with its tiny settings
 (DEMO_REAL_TINY=1: a few steps, 20 test images; the numbers are meaningless, the files and
 their consistency are checked), and its one-line error when the data is missing."""
 
@@ -32,8 +32,8 @@ def config(run_dir: Path) -> dict:
     return yaml.safe_load((run_dir / "config.yaml").read_text())
 
 
-def test_demo_real_script_end_to_end(shared_data, tmp_path):
-    proc = run_demo(tmp_path, shared_data)
+def test_demo_real_script_end_to_end(real_data, tmp_path):
+    proc = run_demo(tmp_path, real_data)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "out"
     results = json.loads((out / "results.json").read_text())

@@ -1,5 +1,5 @@
 """End-to-end: every entry script through its real command line, on tiny synthetic data
-(and, in test_real_data_pipeline, on the real subsets in ../shared/data).
+(and, in test_real_data_pipeline, on the real subsets in $IGAM_REAL_DATA).
 
 The pipeline runs once per module (fixture ``pipeline``); the tests then check the files and
 numbers each step produced, resumption, and the one-line errors for bad input.
@@ -236,22 +236,22 @@ def test_discriminator_standardisation_follows_student_and_student_gradients(pip
         assert np.abs(got).sum() > 0
 
 
-def test_real_data_pipeline(shared_data, tmp_path):
+def test_real_data_pipeline(real_data, tmp_path):
     """TinyImageNet -> CIFAR-10 on the real subsets: a few steps of every training script,
     files and numbers produced."""
     w = tmp_path
     run("train_advtrain_tinyimagenet.py", "--config",
         str(REPO / "configs/advtrain_tinyimagenet.yaml"), *FAST, *TINY,
-        "--data.root", str(shared_data / "tiny-imagenet-200"), "--model_dir", "models/src",
+        "--data.root", str(real_data / "tiny-imagenet-200"), "--model_dir", "models/src",
         "--train.steps", "2", "--train.batch_size", "8", "--attack.steps", "1",
         "--eval.num_examples", "50", cwd=w)
     run("finetune_teacher.py", "--config",
         str(REPO / "configs/finetune_tinyimagenet_to_cifar10.yaml"), *FAST,
-        "--data.root", str(shared_data / "cifar-10-batches-py"), "--source_model_dir",
+        "--data.root", str(real_data / "cifar-10-batches-py"), "--source_model_dir",
         "models/src", "--model_dir", "models/teacher", "--finetune.steps", "2",
         "--finetune.batch_size", "8", "--eval.num_examples", "50", cwd=w)
     run("train_igam.py", "--config", str(REPO / "configs/igam_tinyimagenet_to_cifar10.yaml"),
-        *FAST, *STUDENT, "--data.root", str(shared_data / "cifar-10-batches-py"),
+        *FAST, *STUDENT, "--data.root", str(real_data / "cifar-10-batches-py"),
         "--teacher_dir", "models/teacher", "--model_dir", "models/igam", "--train.steps", "2",
         "--train.batch_size", "8", "--igam.steps_before_adv_opt", "1",
         "--eval.num_examples", "50", cwd=w)

@@ -1,5 +1,5 @@
 """Class subsets (data.classes / data.num_classes, igam.data.subsets) on the three datasets:
-real CIFAR-10 and Tiny-ImageNet subsets (../shared/data), synthetic CIFAR-100 files."""
+real CIFAR-10 and Tiny-ImageNet subsets ($IGAM_REAL_DATA), synthetic CIFAR-100 files."""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ def check_relabelled(full, sub, classes):
         assert sub.filenames == [full.filenames[i] for i in keep]
 
 
-def test_cifar10_real_subset_in_listed_order(shared_data):
-    train, test = load_cifar10(shared_data / "cifar-10-batches-py")
+def test_cifar10_real_subset_in_listed_order(real_data):
+    train, test = load_cifar10(real_data / "cifar-10-batches-py")
     classes = resolve_classes({"classes": [7, 2, 9]}, train.num_classes, "cifar10")
     assert classes == [7, 2, 9]
     for full in (train, test):
@@ -58,9 +58,9 @@ def test_cifar100_synthetic_subset(tmp_path):
     assert sub.name == "cifar100/test[classes 0-5]" and sub.class_names[5] == "class005"
 
 
-def test_tinyimagenet_real_subset(shared_data, tmp_path, monkeypatch):
+def test_tinyimagenet_real_subset(real_data, tmp_path, monkeypatch):
     monkeypatch.setenv("IGAM_CACHE_DIR", str(tmp_path / "cache"))
-    train, val = load_tinyimagenet(shared_data / "tiny-imagenet-200")
+    train, val = load_tinyimagenet(real_data / "tiny-imagenet-200")
     classes = resolve_classes({"classes": [199, 0, 57]}, train.num_classes, "tinyimagenet")
     for full in (train, val):
         sub = select_classes(full, classes)
