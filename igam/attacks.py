@@ -8,7 +8,7 @@ One small class per attack, in the style of torchattacks:
 - :class:`PGDL2` - L2 projected gradient descent.
 
 A *model* is any ``nn.Module`` mapping images (B, 3, H, W) float in [0, 255] to logits (B, K).
-Every attack is called as ``attack(x, y) -> x_adv`` (alias ``attack.perturb(x, y)``) with x
+Every attack is called as ``attack(x, y) -> x_adv`` with x
 float (B, C, H, W) in [0, 255] on the model's device and y int64 (B,); x_adv is a detached
 tensor of the same shape, dtype and device, inside [0, 255] and inside the eps-ball around x.
 
@@ -152,10 +152,6 @@ class Attack:
             mode the caller set; 'eval' - ``model.eval()`` (running BatchNorm statistics, the
             port's default for evaluation); 'train' - ``model.train()`` (batch statistics, as
             the original's attacks). The whole model is switched. (Default: None)
-        autocast_dtype (torch.dtype or None): if set (e.g. ``torch.bfloat16``) the model's
-            forward runs under ``torch.autocast`` with that dtype; x_adv, the loss and the
-            update arithmetic stay in x's dtype. (Default: None)
-
         keep_buffers (bool): restore every buffer (BatchNorm running statistics) after the
             attack (default). Set False inside adversarial training to reproduce the
             original, whose TF batch norm (``updates_collections=None``) updated its moving
@@ -182,20 +178,15 @@ class Attack:
     steps = 1
 
     def __init__(self, model: nn.Module, bn_mode: Optional[str] = None,
-                 autocast_dtype: Optional[torch.dtype] = None, keep_buffers: bool = True,
-                 early_stop: bool = False):
+                 keep_buffers: bool = True, early_stop: bool = False):
         if bn_mode not in BN_MODES:
             raise ConfigError(f"attack 'bn_mode' must be one of {BN_MODES}, got {bn_mode!r}")
         self.early_stop = _check_bool("early_stop", early_stop)
         if self.early_stop and bn_mode == "train":
             raise ConfigError("attack 'early_stop' needs examples independent of each other; "
                               "with bn_mode 'train' (batch statistics) set early_stop false")
-        if autocast_dtype is not None and not isinstance(autocast_dtype, torch.dtype):
-            raise ConfigError(f"attack 'autocast_dtype' must be a torch.dtype or None, "
-                              f"got {autocast_dtype!r}")
         self.model = model
         self.bn_mode = bn_mode
-        self.autocast_dtype = autocast_dtype
         self.keep_buffers = bool(keep_buffers)
         self.loss = "xent"
         self.restarts = 1
@@ -221,10 +212,6 @@ class Attack:
             else:
                 x_adv = self._attack(x_nat, y)
         return x_adv.detach()
-
-    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Alias of ``attack(x, y)`` (the original's method name)."""
-        return self(x, y)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._config().items())
@@ -253,12 +240,9 @@ class Attack:
                     b.copy_(saved)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Model logits (B, K) in x's dtype; the forward runs under autocast if asked."""
-        if self.autocast_dtype is None:
-            return self.model(x)
-        with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
-            logits = self.model(x)
-        return logits.to(x.dtype)
+        """Model logits (B, K). Reduced precision, if any, is the model's own
+        (``igam.precision.PrecisionForward``)."""
+        return self.model(x)
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-example attack loss (B,) that the attack ascends."""
@@ -416,7 +400,6 @@ class PGD(Attack):
         bn_mode (str or None): None / 'eval' / 'train', see :class:`Attack`. (Default: None)
         generator (torch.Generator or None): RNG for the random start, on x's device;
             None uses the global RNG. (Default: None)
-        autocast_dtype (torch.dtype or None): see :class:`Attack`. (Default: None)
         early_stop (bool): see :class:`Attack` (evaluation only). (Default: False)
 
     Shape:
@@ -432,10 +415,9 @@ class PGD(Attack):
                  steps: int = 10, random_start: bool = True, loss: str = "xent",
                  restarts: int = 1, bn_mode: Optional[str] = None,
                  generator: Optional[torch.Generator] = None,
-                 autocast_dtype: Optional[torch.dtype] = None, keep_buffers: bool = True,
-                 early_stop: bool = False):
-        super().__init__(model, bn_mode=bn_mode, autocast_dtype=autocast_dtype,
-                         keep_buffers=keep_buffers, early_stop=early_stop)
+                 keep_buffers: bool = True, early_stop: bool = False):
+        super().__init__(model, bn_mode=bn_mode, keep_buffers=keep_buffers,
+                         early_stop=early_stop)
         self.eps = _check_positive("eps", eps)
         self.step_size = _check_number("step_size", step_size)
         self.steps = _check_int("steps", steps, 0)
@@ -480,7 +462,6 @@ class FGSM(Attack):
         eps (float): step and L-inf radius on the [0, 255] scale. (Default: 8.0)
         loss (str): 'xent' or 'cw'. (Default: 'xent')
         bn_mode (str or None): None / 'eval' / 'train', see :class:`Attack`. (Default: None)
-        autocast_dtype (torch.dtype or None): see :class:`Attack`. (Default: None)
         early_stop (bool): see :class:`Attack`; for FGSM it means that clean-misclassified
             examples are returned unchanged. (Default: False)
 
@@ -494,10 +475,10 @@ class FGSM(Attack):
     """
 
     def __init__(self, model: nn.Module, eps: float = 8.0, loss: str = "xent",
-                 bn_mode: Optional[str] = None, autocast_dtype: Optional[torch.dtype] = None,
-                 keep_buffers: bool = True, early_stop: bool = False):
-        super().__init__(model, bn_mode=bn_mode, autocast_dtype=autocast_dtype,
-                         keep_buffers=keep_buffers, early_stop=early_stop)
+                 bn_mode: Optional[str] = None, keep_buffers: bool = True,
+                 early_stop: bool = False):
+        super().__init__(model, bn_mode=bn_mode, keep_buffers=keep_buffers,
+                         early_stop=early_stop)
         self.eps = _check_positive("eps", eps)
         self.loss = _check_loss(loss)
 
@@ -534,7 +515,6 @@ class PGDL2(PGD):
         restarts (int): independent runs, worst case per example kept. (Default: 1)
         bn_mode (str or None): None / 'eval' / 'train', see :class:`Attack`. (Default: None)
         generator (torch.Generator or None): RNG for the random start. (Default: None)
-        autocast_dtype (torch.dtype or None): see :class:`Attack`. (Default: None)
 
     Shape:
         - x: :math:`(B, C, H, W)` float in [0, 255]; y: :math:`(B)` int64;
@@ -569,22 +549,18 @@ class PGDL2(PGD):
 # Factory
 # ----------------------------------------------------------------------------------------------
 
-ATTACKS = {"pgd": PGD, "fgsm": FGSM, "pgd_l2": PGDL2, "pgdl2": PGDL2}
-# the original's flag names (config_attack.py), accepted as synonyms
-_KEY_ALIASES = {"epsilon": "eps", "num_steps": "steps", "loss_func": "loss",
-                "num_restarts": "restarts"}
+ATTACKS = {"pgd": PGD, "fgsm": FGSM, "pgd_l2": PGDL2}
 
 
 def make_attack(name_or_cfg, model: nn.Module, **kw) -> Attack:
     """Build an attack from a method name or a config dict; keyword arguments override.
 
-    ``name_or_cfg``: 'pgd' | 'fgsm' | 'pgd_l2' (alias 'pgdl2'), or a dict such as
+    ``name_or_cfg``: 'pgd' | 'fgsm' | 'pgd_l2', or a dict such as
     ``{"method": "pgd", "eps": 8, "step_size": 2, "steps": 20, "random_start": True,
-    "loss": "xent", "restarts": 1}``. Keys are the class's arguments (plus the original's
-    names epsilon / num_steps / loss_func / num_restarts); a 'name' key (a label for files
-    and logs) is ignored. For 'fgsm', ``steps`` (must be 1), ``step_size`` (must equal eps),
-    ``random_start`` (must be false), ``restarts`` (must be 1) and ``generator`` are accepted
-    so that one config template serves every method.
+    "loss": "xent", "restarts": 1}``. Keys are the class's arguments; a 'name' key (a label
+    for files and logs) is ignored. For 'fgsm', ``steps`` (must be 1), ``step_size`` (must
+    equal eps), ``random_start`` (must be false), ``restarts`` (must be 1) and ``generator``
+    are accepted so that one config template serves every method.
 
     ``early_stop`` true together with ``bn_mode='train'`` is switched off with a warning
     (batch statistics make the examples of a batch depend on each other, so none may leave
@@ -602,11 +578,6 @@ def make_attack(name_or_cfg, model: nn.Module, **kw) -> Attack:
         raise ConfigError(f"attack config must be a method name or a mapping, "
                           f"got {type(name_or_cfg).__name__}")
     cfg.update(kw)
-    for old, new in _KEY_ALIASES.items():
-        if old in cfg:
-            if new in cfg:
-                raise ConfigError(f"attack config: both '{old}' and '{new}' given")
-            cfg[new] = cfg.pop(old)
     cfg.pop("name", None)
     method = cfg.pop("method", None)
     if not isinstance(method, str) or method.lower() not in ATTACKS:

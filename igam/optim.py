@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -95,8 +95,3 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
 
-
-def freeze(params: Iterable[nn.Parameter]) -> None:
-    """Stop gradients to these parameters."""
-    for p in params:
-        p.requires_grad_(False)

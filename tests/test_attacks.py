@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from igam.attacks import FGSM, PGD, PGDL2, Attack, cw_loss, make_attack, xent_loss
 from igam.errors import ConfigError
+from igam.precision import PrecisionForward
 
 # ----------------------------------------------------------------------------------------------
 # Small models defined here (images (B, 3, H, W) in [0, 255] -> logits)
@@ -181,7 +182,7 @@ def test_pgd_matches_step_by_step_reference(loss):
     # same result when called from a no_grad evaluation loop, via the alias perturb()
     attack.generator = torch.Generator().manual_seed(123)
     with torch.no_grad():
-        out2 = attack.perturb(x, y)
+        out2 = attack(x, y)
     assert torch.equal(out2, ref)
     # a different seed gives a different start, hence a different result
     attack.generator = torch.Generator().manual_seed(124)
@@ -461,7 +462,7 @@ def test_autocast_runs_forward_in_low_precision_and_keeps_float32_images():
     model = Recorder().eval()
     model.seen_dtypes = []
     x, y = _images(), _labels()
-    x_adv = PGD(model, steps=2, autocast_dtype=torch.bfloat16)(x, y)
+    x_adv = PGD(PrecisionForward(model, autocast_dtype=torch.bfloat16), steps=2)(x, y)
     assert x_adv.dtype == torch.float32
     assert (x_adv - x).abs().max() <= 8.0 + 1e-4 and x_adv.min() >= 0 and x_adv.max() <= 255
     assert model.seen_dtypes and all(o == torch.bfloat16 for _, o in model.seen_dtypes)
@@ -498,9 +499,9 @@ def test_make_attack_builds_each_method():
                      "random_start": False, "restarts": 1}, model)
     assert type(f) is FGSM and f.eps == 8.0
     assert type(make_attack("FGSM", model, generator=torch.Generator())) is FGSM
-    l2 = make_attack({"method": "pgd_l2", "eps": 127.5, "step_size": 30, "num_steps": 5}, model)
+    l2 = make_attack({"method": "pgd_l2", "eps": 127.5, "step_size": 30, "steps": 5}, model)
     assert type(l2) is PGDL2 and l2.steps == 5 and l2.eps == 127.5
-    p = make_attack("pgd", model, loss_func="cw", epsilon=4)
+    p = make_attack("pgd", model, loss="cw", eps=4)
     assert p.loss == "cw" and p.eps == 4.0 and "PGD(" in repr(p)
 
 
@@ -518,7 +519,7 @@ def test_make_attack_builds_each_method():
     ({"method": "fgsm", "eps": 0.0, "step_size": 0.0}, "eps"),
     ({"method": "fgsm", "steps": 10}, "steps"),
     ({"method": "fgsm", "random_start": True}, "random_start"),
-    ({"method": "pgd", "eps": 8, "epsilon": 8}, "epsilon"),
+    ({"method": "pgd", "eps": 8, "epsilon": 8}, "epsilon"),  # the original's name: unknown
 ])
 def test_make_attack_rejects_bad_configs_with_one_line_errors(cfg, key):
     with pytest.raises(ConfigError) as err:
