@@ -169,9 +169,12 @@ class _StatsSwitch:
             with torch.no_grad():
                 n = x.numel() // x.shape[1]
                 unbiased = var.flatten() * (n / max(n - 1, 1))
-                self.running_mean.mul_(1 - self.momentum).add_(mean.flatten(), alpha=self.momentum)
-                self.running_var.mul_(1 - self.momentum).add_(unbiased, alpha=self.momentum)
                 self.num_batches_tracked.add_(1)
+                # momentum None: cumulative average over the batches seen (nn.BatchNorm's rule)
+                factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                          else self.momentum)
+                self.running_mean.mul_(1 - factor).add_(mean.flatten(), alpha=factor)
+                self.running_var.mul_(1 - factor).add_(unbiased, alpha=factor)
         shape = [1, -1] + [1] * (x.dim() - 2)
         scale = torch.rsqrt(var + self.eps) * self.weight.view(shape)
         return (x - mean) * scale + self.bias.view(shape)
