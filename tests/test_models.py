@@ -216,3 +216,30 @@ def test_build_model_rejects_bad_arch():
         build_model({"type": "resnet50"})
     with pytest.raises(CheckpointError):
         build_model({"type": "wide_resnet", "widths": [1, 2]})
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_cpu_batchnorm_matches_torch_batchnorm(momentum):
+    """The CPU batch-statistics path (var_mean + affine) computes what nn.BatchNorm2d does:
+    outputs, input gradients and the running averages (EMA, or cumulative with momentum None)."""
+    torch.manual_seed(0)
+    ours, ref = BatchNorm2d(6), torch.nn.BatchNorm2d(6, eps=1e-3)
+    ours.momentum = ref.momentum = momentum
+    with torch.no_grad():
+        for bn in (ours, ref):
+            bn.weight.copy_(torch.linspace(0.5, 2.0, 6))
+            bn.bias.copy_(torch.linspace(-1.0, 1.0, 6))
+    for _ in range(3):
+        x = (torch.randn(4, 6, 5, 5, dtype=torch.float64) * 3 + 2).float().requires_grad_()
+        out_ours, out_ref = ours(x), ref(x)
+        assert torch.allclose(out_ours, out_ref, atol=1e-5)
+        w = torch.randn_like(out_ref)
+        g_ours, = torch.autograd.grad((out_ours * w).sum(), x)
+        g_ref, = torch.autograd.grad((out_ref * w).sum(), x)
+        assert torch.allclose(g_ours, g_ref, atol=1e-5)
+    assert torch.allclose(ours.running_mean, ref.running_mean, atol=1e-6)
+    assert torch.allclose(ours.running_var, ref.running_var, atol=1e-5)
+    assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked) == 3
+    ours.eval(), ref.eval()
+    x = torch.randn(2, 6, 5, 5)
+    assert torch.allclose(ours(x), ref(x), atol=1e-5)
