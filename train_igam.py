@@ -45,17 +45,9 @@ def main(argv=None):
     s, d, g, t = cfg["student"], cfg["discriminator"], cfg["igam"], cfg["train"]
     student = WideResNet(train.num_classes, s["widths"], s["units_per_stage"],
                          s["standardization"]).to(device)
-    # the original standardised the discriminator's input like the student's images (one flag)
-    disc_std = s["standardization"] if d["standardization"] == "student" else d["standardization"]
-    disc = InputGradientDiscriminator(train.image_size, d["num_conv_layers"], d["base_channels"],
-                                      d["only_fully_connected"], d["num_fc_layers"],
-                                      d["avg_pool"], disc_std).to(device)
-    settings = IGAMSettings(beta=g["beta"], gamma=g["gamma"], weight_decay=t["weight_decay"],
-                            momentum=t["momentum"], lr_schedule=t["lr_schedule"],
-                            disc_update_steps=g["disc_update_steps"],
-                            steps_before_adv_opt=g["steps_before_adv_opt"],
-                            img_random_pert=g["img_random_pert"], eps=g["eps"],
-                            same_optimizer=g["same_optimizer"])
+    disc = InputGradientDiscriminator.from_config(d, train.image_size,
+                                                  s["standardization"]).to(device)
+    settings = IGAMSettings.from_config(cfg)
     generator = torch.Generator(device=device).manual_seed(distributed.rank_seed(cfg["seed"]))
     trainer = IGAMTrainer(distributed.wrap(student), teacher, distributed.wrap(disc), settings,
                           generator)

@@ -13,9 +13,9 @@ igam.models
                                                       .features(x) -> (B, widths[3])
     Teacher(source, num_target_classes, upresize_to=None, standardization=None, bn='batch')
                                                       forward: target logits; .source_logits(x)
-    InputGradientDiscriminator(image_size=32, num_conv_layers=5, base_channels=16,
+    InputGradientDiscriminator(image_size=32, num_conv_layers=4, base_channels=8,
                only_fully_connected=False, num_fc_layers=3, avg_pool=False,
-               standardization='zero_mean_l2')
+               standardization='zero_mean_l2'); .from_config(section, image_size, student_std)
                                                       (g_s, g_t) each (B,3,S,S) -> (2B,2) logits
     build_model(arch) -> nn.Module                    rebuild from a checkpoint's ``arch`` dict
 igam.ops

@@ -18,12 +18,13 @@ The weight-decay terms are applied by the optimisers (``igam.optim.sgd``), not a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from igam import schemas
 from igam.distributed import unwrap
 from igam.gradients import input_gradient, input_gradient_from_logits
 from igam.optim import PiecewiseConstant, adam, set_lr, sgd
@@ -74,21 +75,33 @@ def student_loss(student: nn.Module, discriminator: nn.Module, x: torch.Tensor,
             "disc_accuracy": disc_acc, "g_student": g_s}
 
 
+_IGAM, _TRAIN = schemas.IGAM["igam"], schemas.IGAM["train"]
+
+
 @dataclass
 class IGAMSettings:
-    """Hyper-parameters of an IGAM run (names of the original's config_igam.py)."""
+    """Hyper-parameters of an IGAM run (names of the original's config_igam.py). Defaults are
+    train_igam.py's config defaults (``igam.schemas.IGAM``); :meth:`from_config` takes them
+    from a resolved config's ``igam`` and ``train`` sections by name."""
 
-    beta: float = 2.0
-    gamma: float = 10.0
-    weight_decay: float = 2e-4
-    momentum: float = 0.9
-    lr_schedule: tuple = ((0, 0.1), (160000, 0.01), (240000, 0.001))
-    disc_update_steps: int = 5
-    steps_before_adv_opt: int = 280000
-    img_random_pert: bool = False
-    eps: float = 8.0
-    same_optimizer: bool = True
-    disc_adam_lr: float = 1e-3
+    beta: float = _IGAM["beta"]
+    gamma: float = _IGAM["gamma"]
+    weight_decay: float = _TRAIN["weight_decay"]
+    momentum: float = _TRAIN["momentum"]
+    lr_schedule: tuple = tuple(tuple(p) for p in _TRAIN["lr_schedule"])
+    disc_update_steps: int = _IGAM["disc_update_steps"]
+    steps_before_adv_opt: int = _IGAM["steps_before_adv_opt"]
+    img_random_pert: bool = _IGAM["img_random_pert"]
+    eps: float = _IGAM["eps"]
+    same_optimizer: bool = _IGAM["same_optimizer"]
+    disc_adam_lr: float = 1e-3  # the original's Adam for the discriminator (not a flag)
+
+    @classmethod
+    def from_config(cls, cfg) -> IGAMSettings:
+        """The settings of train_igam.py's resolved config ``cfg``."""
+        names = {f.name for f in fields(cls)}
+        sections = {**cfg["train"], **cfg["igam"]}
+        return cls(**{k: v for k, v in sections.items() if k in names})
 
 
 class IGAMTrainer:

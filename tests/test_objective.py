@@ -214,3 +214,24 @@ def test_teacher_gradient_does_not_change_teacher(bn):
     tr.teacher_gradient(torch.rand(4, 3, 8, 8) * 255, torch.tensor([0, 1, 2, 3]))
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+def test_settings_and_discriminator_defaults_are_the_config_defaults():
+    """One source of truth: IGAMSettings and InputGradientDiscriminator default to the values
+    of train_igam.py's config schema, and from_config reads those sections by name."""
+    from igam import schemas
+    from igam.config import load_config
+
+    cfg = load_config(schemas.IGAM, [], schemas.IGAM_CHOICES, ranges=schemas.IGAM_RANGES)
+    assert IGAMSettings.from_config(cfg) == IGAMSettings(lr_schedule=cfg["train"]["lr_schedule"])
+    assert IGAMSettings().beta == cfg["igam"]["beta"] == 5.0
+    over = load_config(schemas.IGAM, ["--igam.beta", "2", "--train.momentum", "0.5"],
+                       schemas.IGAM_CHOICES, ranges=schemas.IGAM_RANGES)
+    settings = IGAMSettings.from_config(over)
+    assert (settings.beta, settings.momentum) == (2.0, 0.5)
+    default = InputGradientDiscriminator(32).arch
+    built = InputGradientDiscriminator.from_config(cfg["discriminator"], 32, "zero_mean_l2").arch
+    assert default == built
+    assert (default["num_conv_layers"], default["base_channels"]) == (4, 8)
+    l2 = InputGradientDiscriminator.from_config(cfg["discriminator"], 32, "l2")
+    assert l2.standardization == "l2"
