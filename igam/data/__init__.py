@@ -15,9 +15,9 @@ from importlib import import_module
 
 _EXPORTS = {
     "ArrayDataset": "igam.data.datasets",
-    "DATASET_NAMES": "igam.data.datasets",
-    "canonical_dataset_name": "igam.data.datasets",
-    "load_dataset": "igam.data.datasets",
+    "DATASET_NAMES": "igam.data.loaders",
+    "canonical_dataset_name": "igam.data.loaders",
+    "load_dataset": "igam.data.loaders",
     "load_cifar10": "igam.data.cifar",
     "load_cifar100": "igam.data.cifar",
     "load_tinyimagenet": "igam.data.tinyimagenet",

@@ -1,4 +1,4 @@
-"""In-memory image datasets and the name -> loader dispatch.
+"""In-memory image datasets (the name -> loader dispatch is :mod:`igam.data.loaders`).
 
 Every loader of this package returns ``ArrayDataset`` objects: the decoded images as one uint8
 NHWC array (the layout of the files and of the original code) plus int64 labels. Conversion to
@@ -9,16 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Union
 
 import numpy as np
 
-from igam.errors import ConfigError
-
 PathLike = Union[str, Path]
 
-#: Dataset names accepted by ``load_dataset`` (and by configs).
-DATASET_NAMES = ("cifar10", "cifar100", "tinyimagenet")
 
 
 @dataclass
@@ -84,34 +80,3 @@ class ArrayDataset:
             name=name if name is not None else self.name,
             filenames=None if self.filenames is None else [self.filenames[i] for i in idx],
         )
-
-
-def canonical_dataset_name(name: str) -> str:
-    """'CIFAR-10', 'cifar_10', 'tiny-imagenet' ... -> 'cifar10' / 'cifar100' / 'tinyimagenet'."""
-    key = str(name).lower().replace("-", "").replace("_", "")
-    if key == "tinyimagenet200":
-        key = "tinyimagenet"
-    if key not in DATASET_NAMES:
-        raise ConfigError(f"unknown dataset '{name}' (expected one of: {', '.join(DATASET_NAMES)})")
-    return key
-
-
-def load_dataset(name: str, root: PathLike) -> Tuple[ArrayDataset, ArrayDataset]:
-    """Load ``(train, test)`` of dataset ``name`` from folder ``root``.
-
-    For Tiny-ImageNet the second set is the official validation split (its test split has no
-    labels), as in the original code. ``root`` may be the dataset folder itself or its parent
-    (e.g. ``datasets/`` holding ``cifar-10-batches-py/``).
-    """
-    key = canonical_dataset_name(name)
-    if key == "cifar10":
-        from igam.data.cifar import load_cifar10
-
-        return load_cifar10(root)
-    if key == "cifar100":
-        from igam.data.cifar import load_cifar100
-
-        return load_cifar100(root)
-    from igam.data.tinyimagenet import load_tinyimagenet
-
-    return load_tinyimagenet(root)
