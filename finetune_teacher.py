@@ -19,12 +19,12 @@ from __future__ import annotations
 from igam import distributed, engine, schemas
 from igam.cli import run_main
 from igam.config import load_config
-from igam.data import TrainBatches, eval_batches
+from igam.data import TrainBatches
 from igam.errors import CheckpointError
 from igam.models import Teacher, WideResNet
 from igam.objective import random_pert
 from igam.rundir import prepare_run_dir
-from igam.training import HeadFinetuner, recalibrate_bn
+from igam.training import HeadFinetuner
 
 
 def main(argv=None):
@@ -49,7 +49,6 @@ def main(argv=None):
     batches = TrainBatches(train, f["batch_size"], device, cfg["seed"], f["augment"],
                            info.rank, info.world_size)
     ckpt = engine.Checkpointer(run.path, "teacher", cfg, teacher, finetuner, batches)
-    ckpt.info["bn_recalibrated"] = False
 
     def step(x, y):
         if f["img_random_pert"]:
@@ -59,32 +58,11 @@ def main(argv=None):
     logger = engine.train(ckpt, run, step, batches, f["steps"], cfg,
                           desc="finetune teacher head")
 
-    results = {}
-    ev = dict(cfg["eval"], bn_mode="eval")
-    teacher.set_bn("batch")
-    results["batch_bn"] = engine.clean_accuracy(teacher, test, ev, device, "eval (batch BN)")
-    if f["recalibrate_bn"] and tc["bn"] == "batch":
-        shard = train.subset(engine.shard_batches(len(train), f["batch_size"], info.rank,
-                                                  info.world_size)) if info.enabled else train
-        recalibrate_bn(teacher, eval_batches(shard, f["batch_size"], device))
-        ckpt.info["bn_recalibrated"] = True
-        ckpt.save(f["steps"])
-    teacher.set_bn(None)
-    results["running_bn"] = engine.clean_accuracy(teacher, test, ev, device, "eval (running BN)")
-    teacher.set_bn(tc["bn"])
-    summary = {k: {kk: vv for kk, vv in v.items() if kk != "predictions"}
-               for k, v in results.items()}
-    summary["bn_recalibrated"] = ckpt.info["bn_recalibrated"]
-    if not info.is_main:
-        return  # rank 0 writes the files
-    logger.write_json("eval_clean.json", summary)
-    if f["save_input_gradients"]:
+    engine.report_teacher_clean_accuracy(teacher, train, test, cfg, device, ckpt, logger,
+                                         run.path)
+    if info.is_main and f["save_input_gradients"]:  # rank 0 writes the files
         engine.save_train_test_input_gradients(teacher, train, test, cfg["eval"]["batch_size"],
                                                device, run.path, "teacher")
-    print(f"teacher clean accuracy on {test.name}: "
-          f"{100 * results['batch_bn']['accuracy']:.2f}% with batch statistics, "
-          f"{100 * results['running_bn']['accuracy']:.2f}% with running statistics; "
-          f"saved in {run.path}")
 
 
 if __name__ == "__main__":

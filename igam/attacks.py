@@ -38,17 +38,17 @@ Differences from the original (TF, pgd_attack.py), all listed as fixes in origin
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import warnings
 from collections.abc import Mapping
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from igam.errors import ConfigError
+from igam.ops import model_mode
 
 PIXEL_MIN = 0.0
 PIXEL_MAX = 255.0
@@ -222,22 +222,9 @@ class Attack:
 
     # -- model handling ------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _attack_mode(self) -> Iterator[None]:
-        """Switch the model to ``bn_mode`` and restore modes and buffers afterwards."""
-        modes = [(m, m.training) for m in self.model.modules()]
-        buffers = ([(b, b.detach().clone()) for b in self.model.buffers()]
-                   if self.keep_buffers else [])
-        try:
-            if self.bn_mode is not None:
-                self.model.train(self.bn_mode == "train")
-            yield
-        finally:
-            for m, training in modes:
-                m.training = training
-            with torch.no_grad():
-                for b, saved in buffers:
-                    b.copy_(saved)
+    def _attack_mode(self):
+        """Switch the model to ``bn_mode`` and restore modes (and buffers) afterwards."""
+        return model_mode(self.model, self.bn_mode, restore_buffers=self.keep_buffers)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """Model logits (B, K). Reduced precision, if any, is the model's own

@@ -40,10 +40,10 @@ from igam.errors import CheckpointError, ConfigError
 from igam.files import atomic_write
 from igam.gradients import input_gradient
 from igam.models import Teacher, build_model
-from igam.ops import frozen_bn_stats
+from igam.ops import frozen_bn_stats, model_mode
 from igam.rundir import CHECKPOINT_NAME, MetricsLogger
 from igam.seeding import rng_state, seed_everything, set_rng_state
-from igam.training import evaluate
+from igam.training import evaluate, recalibrate_bn
 
 
 def setup(cfg: Mapping[str, Any], data_parallel: bool = False) -> torch.device:
@@ -426,17 +426,66 @@ def train(ckpt: Checkpointer, run, step_fn: Callable[[torch.Tensor, torch.Tensor
     return logger
 
 
+def _counts(res: Mapping[str, Any]) -> dict:
+    return {"accuracy": res["accuracy"], "correct": res["correct"], "n": res["n"]}
+
+
+def _write_eval_clean(logger: MetricsLogger, what: str, test, bn_mode: str,
+                      res: Mapping[str, Any], **extra: Any) -> None:
+    """``eval_clean.json``, the same shape for every training script: ``model`` (what was
+    trained), ``dataset``, ``bn_mode`` and the ``accuracy`` / ``correct`` / ``n`` of the
+    final clean evaluation, plus script-specific entries."""
+    logger.write_json("eval_clean.json", {"model": what, "dataset": test.name,
+                                          "bn_mode": bn_mode, **_counts(res), **extra})
+
+
 def report_clean_accuracy(model: nn.Module, test, cfg: Mapping[str, Any], device,
                           logger: MetricsLogger | None, what: str, run_path) -> dict:
     """Final clean evaluation on the full test set (collective under DDP); rank 0 writes
     ``eval_clean.json`` and prints one line."""
     res = clean_accuracy(model, test, cfg["eval"], device)
     if logger is not None:
-        logger.write_json("eval_clean.json",
-                          {k: v for k, v in res.items() if k != "predictions"})
+        _write_eval_clean(logger, what, test, cfg["eval"]["bn_mode"], res)
         print(f"{what} clean accuracy on {test.name}: {100 * res['accuracy']:.2f}% "
               f"({res['correct']}/{res['n']}); model saved in {run_path}")
     return res
+
+
+def report_teacher_clean_accuracy(teacher: Teacher, train, test, cfg: Mapping[str, Any],
+                                  device, ckpt: Checkpointer, logger: MetricsLogger | None,
+                                  run_path) -> dict:
+    """The end of teacher finetuning (original.md §6).
+
+    The teacher is evaluated in eval mode twice: with batch statistics (what its head was
+    trained on, with ``teacher.bn: batch``), and with running statistics - after they have
+    been re-estimated on the target training data (``finetune.recalibrate_bn``, with
+    ``teacher.bn: batch``; saved in the checkpoint) - which is what the attack scripts
+    evaluate. Rank 0 writes ``eval_clean.json`` (top level: running statistics; ``batch_bn`` /
+    ``running_bn``: both; ``bn_recalibrated``) and prints one line. Collective under DDP.
+    """
+    f, bn = cfg["finetune"], cfg["teacher"]["bn"]
+    ev = dict(cfg["eval"], bn_mode="eval")
+    ckpt.info["bn_recalibrated"] = False
+    teacher.set_bn("batch")
+    batch = clean_accuracy(teacher, test, ev, device, "eval (batch BN)")
+    if f["recalibrate_bn"] and bn == "batch":
+        info = distributed.info()
+        shard = train.subset(shard_batches(len(train), f["batch_size"], info.rank,
+                                           info.world_size)) if info.enabled else train
+        recalibrate_bn(teacher, eval_batches(shard, f["batch_size"], device))
+        ckpt.info["bn_recalibrated"] = True
+        ckpt.save(f["steps"])
+    teacher.set_bn(None)
+    running = clean_accuracy(teacher, test, ev, device, "eval (running BN)")
+    teacher.set_bn(bn)
+    if logger is not None:
+        _write_eval_clean(logger, "teacher", test, "eval", running, batch_bn=_counts(batch),
+                          running_bn=_counts(running),
+                          bn_recalibrated=ckpt.info["bn_recalibrated"])
+        print(f"teacher clean accuracy on {test.name}: {100 * batch['accuracy']:.2f}% with "
+              f"batch statistics, {100 * running['accuracy']:.2f}% with running statistics; "
+              f"saved in {run_path}")
+    return running
 
 
 def save_input_gradients(model: nn.Module, dataset, batch_size: int, device, path: Path) -> None:
@@ -447,16 +496,11 @@ def save_input_gradients(model: nn.Module, dataset, batch_size: int, device, pat
     included), BatchNorm with batch statistics - without updating any running statistics
     (:func:`igam.ops.frozen_bn_stats`), so the model is unchanged. Written atomically.
     """
-    was_training = model.training
-    model.train()
     grads = []
-    try:
-        with frozen_bn_stats(model):
-            for x, y in tqdm(eval_batches(dataset, batch_size, device), leave=False,
-                             desc=f"gradients {path.name}", total=-(-len(dataset) // batch_size)):
-                grads.append(input_gradient(model, x, y).permute(0, 2, 3, 1).cpu().numpy())
-    finally:
-        model.train(was_training)
+    with model_mode(model, "train"), frozen_bn_stats(model):
+        for x, y in tqdm(eval_batches(dataset, batch_size, device), leave=False,
+                         desc=f"gradients {path.name}", total=-(-len(dataset) // batch_size)):
+            grads.append(input_gradient(model, x, y).permute(0, 2, 3, 1).cpu().numpy())
     with atomic_write(path, "wb", encoding=None) as fh:
         np.save(fh, np.concatenate(grads).astype(np.float32))
 

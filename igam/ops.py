@@ -206,6 +206,36 @@ def set_bn_stats(module: nn.Module, stats: str | None) -> None:
 
 
 @contextlib.contextmanager
+def model_mode(module: nn.Module, mode: str | None,
+               restore_buffers: bool = True) -> Iterator[nn.Module]:
+    """Put ``module`` in a BatchNorm mode for the block, then restore it.
+
+    ``mode``: 'eval' (``module.eval()``: running statistics), 'train' (``module.train()``:
+    batch statistics, and each forward updates the running averages) or None (leave the mode
+    as the caller set it). Afterwards every submodule's ``training`` flag and every igam
+    BatchNorm's ``stats`` switch are what they were, and with ``restore_buffers`` every buffer
+    (running statistics, batch counts) too - so a block that only reads the model leaves it
+    exactly as found, even if it raises. Used by the attacks, evaluation, BN recalibration and
+    the saving of input gradients.
+    """
+    modes = [(m, m.training) for m in module.modules()]
+    switches = [(m, m.stats) for m in module.modules() if isinstance(m, _StatsSwitch)]
+    buffers = [(b, b.detach().clone()) for b in module.buffers()] if restore_buffers else []
+    try:
+        if mode is not None:
+            module.train(mode == "train")
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
+        for m, stats in switches:
+            m.stats = stats
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+
+
+@contextlib.contextmanager
 def frozen_bn_stats(module: nn.Module) -> Iterator[None]:
     """Inside the block, every igam BatchNorm of ``module`` that follows train()/eval() (switch
     None) uses batch statistics and leaves its running statistics (and batch count) untouched;

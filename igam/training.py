@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from igam import distributed
-from igam.ops import frozen_bn_stats, set_bn_stats
+from igam.ops import frozen_bn_stats, model_mode, set_bn_stats
 from igam.optim import PiecewiseConstant, set_lr, sgd, weight_decay_loss
 
 
@@ -142,11 +142,8 @@ def evaluate(model: nn.Module, batches: Iterable, attack=None, bn_mode: str = "e
     Returns:
         {"accuracy": float in [0, 1], "correct": int, "n": int, "predictions": LongTensor (N,)}
     """
-    was_training = {m: m.training for m in model.modules()}
-    saved = {k: v.clone() for k, v in model.state_dict().items()} if bn_mode == "train" else None
-    model.train(bn_mode == "train")
     preds, correct, n = [], 0, 0
-    try:
+    with model_mode(model, bn_mode, restore_buffers=bn_mode == "train"):
         for x, y in (progress(batches) if progress else batches):
             if attack is not None:
                 x = attack(x, y)
@@ -155,11 +152,6 @@ def evaluate(model: nn.Module, batches: Iterable, attack=None, bn_mode: str = "e
             preds.append(p)
             correct += (p == y).sum()
             n += y.numel()
-    finally:
-        for m, t in was_training.items():
-            m.train(t)
-        if saved is not None:
-            model.load_state_dict(saved)
     correct = int(correct)
     return {"accuracy": correct / max(n, 1), "correct": correct, "n": n,
             "predictions": torch.cat(preds).cpu() if preds else torch.zeros(0, dtype=torch.long)}
@@ -180,17 +172,20 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, progress=None) -> int:
     every rank ends with the average over all batches. Returns the total count.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    switches = {m: getattr(m, "stats", None) for m in bns}
-    set_bn_stats(model, None)
     momenta = {m: m.momentum for m in bns}
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
     count = 0
-    for x, _ in (progress(batches) if progress else batches):
-        model(x)
-        count += 1
+    with model_mode(model, "train", restore_buffers=False):  # switches restored afterwards
+        set_bn_stats(model, None)
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        try:
+            for x, _ in (progress(batches) if progress else batches):
+                model(x)
+                count += 1
+        finally:
+            for m in bns:
+                m.momentum = momenta[m]
     if distributed.info().enabled:
         (total,) = distributed.all_reduce_sum([count])
         for m in bns:
@@ -199,9 +194,5 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, progress=None) -> int:
                 torch.distributed.all_reduce(buf)
             m.num_batches_tracked.fill_(int(total))
         count = int(total)
-    for m in bns:
-        m.momentum = momenta[m]
-        if switches[m] is not None:
-            m.stats = switches[m]
     model.eval()
     return count

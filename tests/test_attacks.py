@@ -691,3 +691,26 @@ def test_adversarial_training_pgd_does_not_early_stop():
     assert PGD(_tiny_net()).early_stop is False and FGSM(_tiny_net()).early_stop is False
     assert "early_stop" not in schemas.ADVTRAIN["attack"]
     assert schemas.ATTACK["attack"]["early_stop"] is True  # evaluation: on by default
+
+
+def test_model_mode_restores_flags_switches_and_buffers_even_on_error():
+    from igam.ops import BatchNorm2d, model_mode
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), BatchNorm2d(4), nn.Dropout())
+    net.train()
+    net[2].eval()  # a submodule in another mode than its parent
+    net[1].stats = "running"
+    before = [b.clone() for b in net.buffers()]
+    with pytest.raises(RuntimeError, match="inside"):
+        with model_mode(net, "train"):
+            net[1].stats = None
+            assert all(m.training for m in net.modules())
+            net(torch.rand(2, 3, 8, 8) * 255)  # updates the running statistics
+            raise RuntimeError("inside")
+    assert net.training and net[1].training and not net[2].training
+    assert net[1].stats == "running"
+    assert all(torch.equal(a, b) for a, b in zip(before, net.buffers()))
+    with model_mode(net, "train", restore_buffers=False):
+        net[1].stats = None
+        net(torch.rand(2, 3, 8, 8) * 255)
+    assert int(net[1].num_batches_tracked) == 1 and net[1].stats == "running"
