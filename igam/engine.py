@@ -104,7 +104,7 @@ def check_resume_data(cfg: Mapping[str, Any]) -> None:
                           f"the run was started on {saved['dataset']}")
     if "classes" in saved and list(saved["classes"]) != list(data["classes"]):
         hint = (f"--data.classes {','.join(map(str, saved['classes']))}" if saved["classes"]
-                else "no data.classes")
+                else "an empty data.classes (every class)")
         raise ConfigError(f"cannot resume {cfg['model_dir']} with data.classes selecting "
                           f"{describe_classes(data['classes'])}: the run was started on "
                           f"{describe_classes(saved['classes'])} of {saved.get('dataset')}; "
