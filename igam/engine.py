@@ -7,6 +7,7 @@ save_checkpoint); the step itself lives in ``igam.training`` / ``igam.objective`
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -27,7 +28,7 @@ from igam.checkpoint import (
     make_checkpoint,
     save_checkpoint,
 )
-from igam.data import eval_batches, load_dataset
+from igam.data import canonical_dataset_name, eval_batches, load_dataset
 from igam.distributed import unwrap
 from igam.errors import CheckpointError, ConfigError
 from igam.models import Teacher, build_model
@@ -108,6 +109,41 @@ def eval_data(cfg_data: Mapping[str, Any], ckpt: Mapping[str, Any], model_dir) -
         raise ConfigError(f"the checkpoint in {model_dir} does not record its dataset; pass "
                           "--data.dataset and --data.root")
     return data
+
+
+def load_compared_models(model_dirs, cfg_data: Mapping[str, Any], num_examples: int,
+                         device) -> tuple[dict[str, nn.Module], Any]:
+    """Models evaluated side by side (``igam.sanity``, ``igam.visualize``) and their one
+    test set (the first ``num_examples`` examples; 0 = all).
+
+    Each model comes from its checkpoint (:func:`load_classifier`), named by its folder (the
+    path as given when two folders share a name). The dataset is :func:`eval_data`'s, and must
+    be the same for every model: ConfigError (one line) if two checkpoints record different
+    datasets or roots, or if a model's classes do not match the test set.
+    Returns ({name: model on ``device``}, test ArrayDataset).
+    """
+    loaded = [(str(d), *load_classifier(d, device)) for d in model_dirs]
+    if not loaded:
+        raise ConfigError("no model given: pass at least one model folder")
+    datas = [eval_data(cfg_data, ckpt, d) for d, _, ckpt in loaded]
+    first = datas[0]
+    for (d, _, _), data in zip(loaded[1:], datas[1:]):
+        if (canonical_dataset_name(data["dataset"]) != canonical_dataset_name(first["dataset"])
+                or os.path.normpath(data["root"]) != os.path.normpath(first["root"])):
+            raise ConfigError(
+                f"models of different datasets: {loaded[0][0]} is evaluated on "
+                f"{first['dataset']} ({first['root']}), {d} on {data['dataset']} "
+                f"({data['root']}); compare models of one task, or pass --data.dataset and "
+                "--data.root")
+    _, test = load_dataset(first["dataset"], first["root"])
+    test = eval_subset(test, num_examples)
+    names = [Path(d).resolve().name for d, _, _ in loaded]
+    models = {}
+    for i, ((d, model, _), name) in enumerate(zip(loaded, names)):
+        check_classes(model, test, d)
+        key = name if names.count(name) == 1 else d
+        models[key if key not in models else f"{key}#{i + 1}"] = model  # same folder twice
+    return models, test
 
 
 def load_attack_target(cfg: Mapping[str, Any], device) -> tuple[nn.Module, Any, Path, str]:

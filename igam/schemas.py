@@ -1,4 +1,5 @@
-"""Config schemas (defaults, allowed keys and types) of the five entry scripts.
+"""Config schemas (defaults, allowed keys and types) of the five entry scripts and of the
+evaluation tools (``igam.sanity``, ``igam.visualize``).
 
 Each schema is the source of truth for its script's keys: ``configs/*.yaml`` override the
 defaults, command-line ``--dotted.key value`` overrides the files (``igam.config``). Defaults
@@ -104,3 +105,43 @@ ATTACK = {
 ATTACK_CHOICES = {"data.dataset": [""] + _DATASETS, "attack.method": ["pgd", "fgsm", "pgd_l2"],
                   "attack.loss": ["xent", "cw"], "eval.bn_mode": ["eval", "train"],
                   **_PRECISION_CHOICES}
+
+# Gradient-masking checks (python -m igam.sanity; README "Evaluating robustness"). Accuracies
+# are compared with ``tolerance`` (a fraction of the examples) to absorb random-start noise.
+SANITY = {
+    **_RUNTIME,
+    "model_dir": ["models/igam_tinyimagenet_to_cifar10"],  # one or more (repeat --model_dir)
+    "data": {"dataset": "", "root": ""},  # empty: the data recorded in the checkpoints
+    "out": "",                # JSON of all models; "" = <model_dir>/sanity.json per model
+    "curve": "",              # robustness-curve PNG; "" = beside the JSON
+    "sanity": {
+        "num_examples": 500,          # first test examples checked (0 = all)
+        "batch_size": 100,
+        "eps": 8.0,                   # L-inf budget of the steps, Square and noise checks
+        "step_size": 2.0,             # PGD step of the steps check
+        "steps": [5, 20, 100],        # PGD steps compared (accuracy must not rise)
+        "eps_sweep": [2.0, 4.0, 8.0, 16.0, 32.0, 64.0],  # the robustness curve
+        "sweep_steps": 20,            # PGD steps at each eps of the sweep
+        "sweep_step_fraction": 0.25,  # PGD step = fraction * eps in the sweep (2 at eps 8)
+        "square_queries": 1000,       # Square attack queries per example (0 = skip the check)
+        "square_p_init": 0.8,         # Square's initial fraction of pixels per square
+        "noise_draws": 10,            # uniform-noise draws per example (worst case kept)
+        "tolerance": 0.01,
+        "zero_accuracy": 0.05,        # largest eps of the sweep: accuracy must be <= this
+        "max_zero_gradient": 0.01,    # fraction of examples allowed an all-zero input gradient
+    },
+}
+SANITY_CHOICES = {"data.dataset": [""] + _DATASETS}
+
+# Input-gradient pictures and the alignment number (python -m igam.visualize).
+VISUALIZE = {
+    **_RUNTIME,
+    "teacher_dir": "models/teacher_tinyimagenet_to_cifar10",
+    "student_dir": ["models/igam_tinyimagenet_to_cifar10"],  # one or more (repeat --student_dir)
+    "data": {"dataset": "", "root": ""},  # empty: the data recorded in the checkpoints
+    "out": "input_gradients.png",   # the picture
+    "alignment_out": "",            # alignment JSON; "" = the picture's path with .json
+    "picture": {"num_images": 8, "scale": 3, "clip_std": 3.0},
+    "alignment": {"num_examples": 0, "batch_size": 100},  # 0 = the whole test set
+}
+VISUALIZE_CHOICES = {"data.dataset": [""] + _DATASETS}
