@@ -117,7 +117,8 @@ def load_compared_models(model_dirs, cfg_data: Mapping[str, Any], num_examples: 
     test set (the first ``num_examples`` examples; 0 = all).
 
     Each model comes from its checkpoint (:func:`load_classifier`), named by its folder (the
-    path as given when two folders share a name). The dataset is :func:`eval_data`'s, and must
+    path as given when two folders share a name; ``<name>#<position>`` for a folder given
+    twice). The dataset is :func:`eval_data`'s, and must
     be the same for every model: ConfigError (one line) if two checkpoints record different
     datasets or roots, or if a model's classes do not match the test set.
     Returns ({name: model on ``device``}, test ArrayDataset).
@@ -142,7 +143,7 @@ def load_compared_models(model_dirs, cfg_data: Mapping[str, Any], num_examples: 
     for i, ((d, model, _), name) in enumerate(zip(loaded, names)):
         check_classes(model, test, d)
         key = name if names.count(name) == 1 else d
-        models[key if key not in models else f"{key}#{i + 1}"] = model  # same folder twice
+        models[key if key not in models else f"{name}#{i + 1}"] = model  # same folder twice
     return models, test
 
 
