@@ -220,3 +220,18 @@ def test_bad_schema_is_a_programming_error():
         load_config(DEFAULTS, [], {"train.nope": ["a"]})
     with pytest.raises(ValueError, match="not among its CHOICES"):
         load_config(DEFAULTS, [], {"train.teacher_bn": ["running"]})
+
+
+def test_repeatable_list_key_accumulates_on_the_command_line(tmp_path):
+    schema = {"model_dir": ["a"], "widths": [1, 2]}
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("model_dir: [from_file]\n")
+    argv = ["--config", str(cfg_file), "--model_dir", "x", "--model_dir", "y,z",
+            "--widths", "3", "--widths", "4"]
+    cfg = load_config(schema, argv, repeatable=("model_dir",))
+    assert cfg["model_dir"] == ["x", "y", "z"]      # replaces the file's list, in order
+    assert cfg["widths"] == [4]                      # not repeatable: the last one wins
+    assert load_config(schema, ["--config", str(cfg_file)],
+                       repeatable=("model_dir",))["model_dir"] == ["from_file"]
+    with pytest.raises(ConfigError, match="needs a value"):
+        load_config(schema, ["--model_dir", "x", "--model_dir"], repeatable=("model_dir",))
