@@ -25,6 +25,7 @@ igam.ops
     frozen_bn_stats(module)                   context: batch statistics, no buffer updated
 igam.gradients
     input_gradient(model, x, y, create_graph=False) -> (B,3,H,W)   d sum softmax[y] / dx
+    cosine_per_example(g_a, g_b) -> (B,) float64      NaN where a gradient is exactly zero
 igam.objective
     student_loss(student, discriminator, x, y, g_teacher, beta, gamma) -> dict of tensors
     IGAMSettings(...), IGAMTrainer(student, teacher, discriminator, settings).step(x, y)
@@ -47,6 +48,13 @@ igam.attacks
 igam.autoattack (needs the optional pyautoattack)
     settings_from_config(attack_cfg, seed, batch_size) -> Settings; Scale01(model)
     run(model, x (N,3,H,W) [0,255], y, settings, device) -> (x_adv [0,255], report dict)
+igam.sanity / igam.visualize / igam.figures  (also ``python -m igam.sanity`` / ``.visualize``)
+    sanity.measure(model, data, settings, device) -> accuracies; sanity.judge(result, settings)
+                                              -> [{"check", "status" pass|FLAG|not run, "detail"}]
+    visualize.gradient_alignment(teacher, {name: student}, data, batch_size, device)
+                                              -> {name: {"mean_cosine", "std_cosine", "n", ...}}
+    visualize.display_gradients(g, clip_std=3) -> (B,3,H,W) in [0,1]   per-image display scaling
+    figures.labelled_grid(cells, nrow, row_labels, col_labels), figures.line_chart(...) -> PIL
 igam.data
     load_dataset('cifar10'|'cifar100'|'tinyimagenet', root) -> (train, test) ArrayDataset
                                               .images uint8 (N,H,W,3) NHWC, .labels int64 (N,)

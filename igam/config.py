@@ -612,13 +612,16 @@ def load_config(
     key_help: Mapping[str, str] | None = None,
     prog: str | None = None,
     description: str | None = None,
+    repeatable: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Resolve a config: ``defaults`` < each ``--config`` file in order < command-line overrides.
 
     ``argv`` defaults to ``sys.argv[1:]``. ``choices`` maps dotted keys to allowed values,
     ``ranges`` to allowed ranges (see the module docstring); ``key_help`` maps dotted keys to
-    one-line help shown by ``--help`` (which prints and raises ``SystemExit(0)``). Returns a
-    fresh nested dict (tuples in the defaults become lists).
+    one-line help shown by ``--help`` (which prints and raises ``SystemExit(0)``).
+    ``repeatable`` names list keys whose command-line occurrences accumulate
+    (``--model_dir a --model_dir b`` gives ``[a, b]``, replacing the files' value) instead of
+    the last one winning. Returns a fresh nested dict (tuples in the defaults become lists).
     Invalid input raises :class:`ConfigError` (see the module docstring).
     """
     choices = dict(choices or {})
@@ -633,7 +636,15 @@ def load_config(
     for file in files:
         cfg = merge_config(cfg, load_yaml_file(file), defaults, str(file), choices, ranges)
     ctx = _Context(defaults, CLI, choices, ranges)
+    gathered: dict[str, list[Any]] = {}
     for key, raw in items:
-        cfg = merge_config(cfg, _cli_update(key, raw, defaults, ctx), defaults, CLI, choices,
-                           ranges)
+        if key in repeatable and raw is not None:
+            value = _cli_update(key, raw, defaults, ctx)
+            for part in key.split("."):
+                value = value[part]
+            gathered.setdefault(key, []).extend(value if isinstance(value, list) else [value])
+            update = _nest(key, list(gathered[key]))
+        else:
+            update = _cli_update(key, raw, defaults, ctx)
+        cfg = merge_config(cfg, update, defaults, CLI, choices, ranges)
     return cfg

@@ -7,6 +7,7 @@ save_checkpoint); the step itself lives in ``igam.training`` / ``igam.objective`
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -28,6 +29,7 @@ from igam.checkpoint import (
     save_checkpoint,
 )
 from igam.data import (
+    canonical_dataset_name,
     describe_classes,
     eval_batches,
     load_dataset,
@@ -158,14 +160,55 @@ def eval_data(cfg_data: Mapping[str, Any], ckpt: Mapping[str, Any], model_dir) -
     return data
 
 
+def eval_test_set(data: Mapping[str, Any]):
+    """The test split of :func:`eval_data`'s dataset, restricted to its class subset."""
+    _, test = load_dataset(data["dataset"], data["root"])
+    return select_classes(test, resolve_classes(data, test.num_classes, data["dataset"]))
+
+
+def load_compared_models(model_dirs, cfg_data: Mapping[str, Any], num_examples: int,
+                         device) -> tuple[dict[str, nn.Module], Any]:
+    """Models evaluated side by side (``igam.sanity``, ``igam.visualize``) and their one
+    test set (the first ``num_examples`` examples; 0 = all).
+
+    Each model comes from its checkpoint (:func:`load_classifier`), named by its folder (the
+    path as given when two folders share a name; ``<name>#<position>`` for a folder given
+    twice). The dataset is :func:`eval_data`'s, and must
+    be the same for every model: ConfigError (one line) if two checkpoints record different
+    datasets, roots or class subsets, or if a model's classes do not match the test set.
+    Returns ({name: model on ``device``}, test ArrayDataset).
+    """
+    loaded = [(str(d), *load_classifier(d, device)) for d in model_dirs]
+    if not loaded:
+        raise ConfigError("no model given: pass at least one model folder")
+    datas = [eval_data(cfg_data, ckpt, d) for d, _, ckpt in loaded]
+    first = datas[0]
+    for (d, _, _), data in zip(loaded[1:], datas[1:]):
+        if (canonical_dataset_name(data["dataset"]) != canonical_dataset_name(first["dataset"])
+                or os.path.normpath(data["root"]) != os.path.normpath(first["root"])
+                or data.get("classes") != first.get("classes")):
+            raise ConfigError(
+                f"models of different datasets: {loaded[0][0]} is evaluated on "
+                f"{first['dataset']} ({first['root']}, {describe_classes(first['classes'])}), "
+                f"{d} on {data['dataset']} ({data['root']}, "
+                f"{describe_classes(data['classes'])}); compare models of one task, or pass "
+                "--data.dataset, --data.root (and --data.classes)")
+    test = eval_subset(eval_test_set(first), num_examples)
+    names = [Path(d).resolve().name for d, _, _ in loaded]
+    models = {}
+    for i, ((d, model, _), name) in enumerate(zip(loaded, names)):
+        check_classes(model, test, d)
+        key = name if names.count(name) == 1 else d
+        models[key if key not in models else f"{name}#{i + 1}"] = model  # same folder twice
+    return models, test
+
+
 def load_attack_target(cfg: Mapping[str, Any], device) -> tuple[nn.Module, Any, Path, str]:
     """What pgd_attack.py and run_attack.py share: the model of ``model_dir``, its test set
     (``eval.num_examples`` first examples), the adversarial-example file and the norm."""
     model, ckpt = load_classifier(cfg["model_dir"], device)
     data = eval_data(cfg["data"], ckpt, cfg["model_dir"])
-    _, test = load_dataset(data["dataset"], data["root"])
-    test = select_classes(test, resolve_classes(data, test.num_classes, data["dataset"]))
-    test = eval_subset(test, cfg["eval"]["num_examples"])
+    test = eval_subset(eval_test_set(data), cfg["eval"]["num_examples"])
     check_classes(model, test, cfg["model_dir"])
     norm = attack_norm(cfg["attack"])
     name = Path(cfg["model_dir"]).resolve().name

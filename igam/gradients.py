@@ -54,3 +54,17 @@ def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     with torch.enable_grad():
         logits = model(x)
         return input_gradient_from_logits(logits, x, y, create_graph)
+
+
+def cosine_per_example(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of each example's two input gradients: a, b (B, ...) -> (B,) float64.
+
+    Computed in float64 because input gradients on the [0, 255] pixel scale are tiny (their
+    norms multiply to below float32's normal range, where a clamped denominator such as
+    ``F.cosine_similarity``'s eps would distort the result). An example where either gradient
+    is exactly zero has no direction: its cosine is NaN, for the caller to count separately.
+    """
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    na, nb = a.norm(dim=1), b.norm(dim=1)
+    cos = (a * b).sum(dim=1) / (na * nb)
+    return torch.where((na > 0) & (nb > 0), cos.clamp(-1.0, 1.0), torch.nan)

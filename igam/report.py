@@ -1,7 +1,7 @@
 """Collect the run_attack.py results of several models into one table (used by the demos).
 
     python -m igam.report models/demo --rows teacher igam_student --attacks fgsm pgds20 \
-        --out models/demo/results.json
+        --alignment models/demo/input_gradients.json --out models/demo/results.json
 
 Reads ``<dir>/<row>/eval_<attack>.json`` (written by run_attack.py) and prints
 clean / per-attack accuracy in percent; writes ``{row: {"clean": %, "<attack>": %}}``.
@@ -9,6 +9,9 @@ Attack names ``pgds20`` are reported as ``pgd20`` (the original's names carry an
 With several folders (e.g. one per transfer pair, scripts/demo_real.sh) the same rows are
 read from each: one table with rows ``<folder name>/<row>``, and the JSON is nested,
 ``{folder name: {row: {...}}}``.
+``--alignment`` (JSONs of ``python -m igam.visualize``, one per folder) adds the column
+``alignment``: a student's mean cosine similarity with the teacher's input gradients, 1 for
+the teacher's own row (trivially), null ("-") for the other rows.
 """
 
 from __future__ import annotations
@@ -41,12 +44,43 @@ def collect(run_dir: Path, rows: list[str], attacks: list[str]) -> dict:
     return table
 
 
+def read_alignment(path: Path) -> dict:
+    """The JSON of ``python -m igam.visualize`` at ``path`` (one-line errors)."""
+    if not path.is_file():
+        raise IGAMError(f"{path} not found: run python -m igam.visualize first")
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise IGAMError(f"{path} is not valid JSON") from None
+
+
+def add_alignment(table: dict, alignment: dict, path: Path) -> dict:
+    """Add the ``alignment`` column of an igam.visualize JSON to each row of ``table``."""
+    try:
+        students = {name: r["mean_cosine"] for name, r in alignment["students"].items()}
+        teacher = alignment["teacher"]
+    except (KeyError, TypeError, AttributeError):
+        raise IGAMError(f"{path} is not an alignment JSON of python -m igam.visualize") from None
+    for row, entry in table.items():
+        value = 1.0 if row == teacher else students.get(row)
+        entry["alignment"] = None if value is None else round(float(value), 4)
+    return table
+
+
+def _cell(column: str, value) -> str:
+    if value is None:
+        return f"{'-':>7}"
+    return f"{value:>7.3f}" if column == "alignment" else f"{value:>6.2f}%"
+
+
 def format_table(table: dict) -> str:
     cols = list(next(iter(table.values())).keys()) if table else []
     width = max([len(r) for r in table] + [5])
-    lines = [f"{'model':<{width}}  " + "  ".join(f"{c:>7}" for c in cols)]
+    widths = [max(7, len(c)) for c in cols]
+    lines = [f"{'model':<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cols, widths))]
     for row, entry in table.items():
-        lines.append(f"{row:<{width}}  " + "  ".join(f"{entry[c]:>6.2f}%" for c in cols))
+        lines.append(f"{row:<{width}}  " + "  ".join(
+            f"{_cell(c, entry[c]):>{w}}" for c, w in zip(cols, widths)))
     return "\n".join(lines)
 
 
@@ -56,14 +90,26 @@ def main(argv=None):
     p.add_argument("run_dirs", type=Path, nargs="+", metavar="run_dir")
     p.add_argument("--rows", nargs="+", required=True)
     p.add_argument("--attacks", nargs="+", default=["fgsm", "pgds20"])
+    p.add_argument("--alignment", type=Path, nargs="+", default=None,
+                   help="JSONs of python -m igam.visualize (one per run folder): adds the "
+                        "alignment column")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.alignment and len(args.alignment) != len(args.run_dirs):
+        raise IGAMError(f"--alignment needs one JSON per run folder ({len(args.run_dirs)}), "
+                        f"got {len(args.alignment)}")
+    groups = {}
+    for i, run_dir in enumerate(args.run_dirs):
+        rows = collect(run_dir, args.rows, args.attacks)
+        if args.alignment:
+            add_alignment(rows, read_alignment(args.alignment[i]), args.alignment[i])
+        groups[run_dir.name] = rows
     if len(args.run_dirs) == 1:
-        table = result = collect(args.run_dirs[0], args.rows, args.attacks)
+        table = result = groups[args.run_dirs[0].name]
     else:
-        if len({d.name for d in args.run_dirs}) < len(args.run_dirs):
+        if len(groups) < len(args.run_dirs):
             raise IGAMError("the run folders given to igam.report must have distinct names")
-        result = {d.name: collect(d, args.rows, args.attacks) for d in args.run_dirs}
+        result = groups
         table = {f"{group}/{row}": entry for group, rows in result.items()
                  for row, entry in rows.items()}
     print(format_table(table))

@@ -1,4 +1,5 @@
-"""Config schemas (defaults, allowed keys and types) of the five entry scripts.
+"""Config schemas (defaults, allowed keys and types) of the five entry scripts and of the
+evaluation tools (``igam.sanity``, ``igam.visualize``).
 
 Each schema is the source of truth for its script's keys: ``configs/*.yaml`` override the
 defaults, command-line ``--dotted.key value`` overrides the files (``igam.config``). Defaults
@@ -153,3 +154,51 @@ ATTACK_CHOICES = {"data.dataset": [""] + _DATASETS,
 ATTACK_RANGES = {**_RUNTIME_RANGES, **_CLASSES_RANGES, **_EVAL_RANGES,
                  **_in("attack", {**_ATTACK_RANGES, "restarts": ">= 1",
                                   "n_iter": ">= 0", "n_queries": ">= 0"})}  # 0: standard
+
+# Gradient-masking checks (python -m igam.sanity; README "Evaluating robustness"). Accuracies
+# are compared with ``tolerance`` (a fraction of the examples) to absorb random-start noise.
+SANITY = {
+    **_RUNTIME,
+    "model_dir": ["models/igam_tinyimagenet_to_cifar10"],  # one or more (repeat --model_dir)
+    "data": {"dataset": "", "root": "", **_CLASSES},  # empty: the data in the checkpoints
+    "out": "",                # JSON of all models; "" = <model_dir>/sanity.json per model
+    "curve": "",              # robustness-curve PNG; "" = beside the JSON
+    "sanity": {
+        "num_examples": 500,          # first test examples checked (0 = all)
+        "batch_size": 100,
+        "eps": 8.0,                   # L-inf budget of the steps, Square and noise checks
+        "step_size": 2.0,             # PGD step of the steps check
+        "steps": [5, 20, 100],        # PGD steps compared (accuracy must not rise)
+        "eps_sweep": [2.0, 4.0, 8.0, 16.0, 32.0, 64.0],  # the robustness curve
+        "sweep_steps": 20,            # PGD steps at each eps of the sweep
+        "sweep_step_fraction": 0.25,  # PGD step = fraction * eps in the sweep (2 at eps 8)
+        "square_queries": 1000,       # Square attack queries per example (0 = skip the check)
+        "square_p_init": 0.8,         # Square's initial fraction of pixels per square
+        "noise_draws": 10,            # uniform-noise draws per example (worst case kept)
+        "tolerance": 0.01,
+        "zero_accuracy": 0.05,        # largest eps of the sweep: accuracy must be <= this
+        "max_zero_gradient": 0.01,    # fraction of examples allowed an all-zero input gradient
+    },
+}
+SANITY_CHOICES = {"data.dataset": [""] + _DATASETS}
+SANITY_RANGES = {**_RUNTIME_RANGES, **_CLASSES_RANGES, **_in("sanity", {
+    "num_examples": ">= 0", "batch_size": ">= 1", "eps": "> 0", "step_size": "> 0",
+    "steps": ">= 1", "eps_sweep": "> 0", "sweep_steps": ">= 1", "sweep_step_fraction": "> 0",
+    "square_queries": ">= 0", "square_p_init": "[0, 1]", "noise_draws": ">= 1",
+    "tolerance": ">= 0", "zero_accuracy": "[0, 1]", "max_zero_gradient": "[0, 1]"})}
+
+# Input-gradient pictures and the alignment number (python -m igam.visualize).
+VISUALIZE = {
+    **_RUNTIME,
+    "teacher_dir": "models/teacher_tinyimagenet_to_cifar10",
+    "student_dir": ["models/igam_tinyimagenet_to_cifar10"],  # one or more (repeat --student_dir)
+    "data": {"dataset": "", "root": "", **_CLASSES},  # empty: the data in the checkpoints
+    "out": "input_gradients.png",   # the picture
+    "alignment_out": "",            # alignment JSON; "" = the picture's path with .json
+    "picture": {"num_images": 8, "scale": 3, "clip_std": 3.0},
+    "alignment": {"num_examples": 0, "batch_size": 100},  # 0 = the whole test set
+}
+VISUALIZE_CHOICES = {"data.dataset": [""] + _DATASETS}
+VISUALIZE_RANGES = {**_RUNTIME_RANGES, **_CLASSES_RANGES,
+                    **_in("picture", {"num_images": ">= 1", "scale": ">= 1", "clip_std": "> 0"}),
+                    **_in("alignment", {"num_examples": ">= 0", "batch_size": ">= 1"})}

@@ -2,8 +2,9 @@
 # The whole IGAM pipeline at tiny scale on CPU, on synthetic data, in a few minutes:
 #   synthetic TinyImageNet (source) + CIFAR-10 (target) -> adversarial training of the source
 #   model -> finetuned teacher (32 -> 64 upresize) -> IGAM student and a baseline student
-#   trained identically with beta = gamma = 0 -> FGSM and PGD-20 -> one table, also written to
-#   models/demo/results.json.
+#   trained identically with beta = gamma = 0 -> FGSM and PGD-20 -> input-gradient picture and
+#   alignment (python -m igam.visualize) -> gradient-masking checks and robustness curve
+#   (python -m igam.sanity) -> one table, also written to models/demo/results.json.
 # Usage: bash scripts/demo.sh            (from anywhere; DEMO_DIR=... to put runs elsewhere)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,7 +70,23 @@ for model in teacher finetuned_teacher igam_student baseline_student; do
   done
 done
 
-# 7. one table
+# 7. input gradients of the teacher and both students: picture + alignment (mean cosine)
+$PY -m igam.visualize --config configs/visualize.yaml --device cpu \
+  --teacher_dir "$OUT/finetuned_teacher" --student_dir "$OUT/igam_student" \
+  --student_dir "$OUT/baseline_student" --out "$OUT/input_gradients.png"
+
+# 8. gradient-masking checks and the robustness curve of the CIFAR-10 models
+$PY -m igam.sanity --config configs/sanity.yaml --device cpu \
+  --model_dir "$OUT/finetuned_teacher" --model_dir "$OUT/igam_student" \
+  --model_dir "$OUT/baseline_student" --sanity.num_examples ${DEMO_SANITY_EXAMPLES:-100} \
+  --sanity.square_queries ${DEMO_SQUARE_QUERIES:-1000} \
+  --out "$OUT/sanity.json" --curve "$OUT/robustness_curve.png"
+
+# 9. one table
 $PY -m igam.report "$OUT" --rows teacher finetuned_teacher igam_student baseline_student \
-  --attacks fgsm pgds20 --out "$OUT/results.json"
-echo "demo finished in $(( $(date +%s) - start )) s; results in $OUT/results.json"
+  --attacks fgsm pgds20 --alignment "$OUT/input_gradients.json" --out "$OUT/results.json"
+echo "demo finished in $(( $(date +%s) - start )) s; results in $OUT/results.json," \
+  "pictures $OUT/input_gradients.png and $OUT/robustness_curve.png"
+echo "AutoAttack (standard, L-inf eps 8) on the students, beyond the demo's time budget:"
+echo "  for m in igam_student baseline_student; do for s in pgd_attack.py run_attack.py; do" \
+  "$PY \$s --config configs/attack_autoattack.yaml --model_dir $OUT/\$m --attack_dir $ATT; done; done"

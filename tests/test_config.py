@@ -231,7 +231,7 @@ def test_bad_schema_is_a_programming_error():
 
 SCRIPT_SCHEMAS = {name: (getattr(schemas, name), getattr(schemas, f"{name}_CHOICES"),
                          getattr(schemas, f"{name}_RANGES"))
-                  for name in ("ADVTRAIN", "FINETUNE", "IGAM", "ATTACK")}
+                  for name in ("ADVTRAIN", "FINETUNE", "IGAM", "ATTACK", "SANITY", "VISUALIZE")}
 
 
 def _is_numeric(value) -> bool:
@@ -297,3 +297,18 @@ def test_range_error_in_a_file_names_the_file(tmp_path):
                                                     "expected an integer >= 1, got 0")):
         load_config(schemas.IGAM, ["--config", bad], schemas.IGAM_CHOICES,
                     ranges=schemas.IGAM_RANGES)
+
+
+def test_repeatable_list_key_accumulates_on_the_command_line(tmp_path):
+    schema = {"model_dir": ["a"], "widths": [1, 2]}
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("model_dir: [from_file]\n")
+    argv = ["--config", str(cfg_file), "--model_dir", "x", "--model_dir", "y,z",
+            "--widths", "3", "--widths", "4"]
+    cfg = load_config(schema, argv, repeatable=("model_dir",))
+    assert cfg["model_dir"] == ["x", "y", "z"]      # replaces the file's list, in order
+    assert cfg["widths"] == [4]                      # not repeatable: the last one wins
+    assert load_config(schema, ["--config", str(cfg_file)],
+                       repeatable=("model_dir",))["model_dir"] == ["from_file"]
+    with pytest.raises(ConfigError, match="needs a value"):
+        load_config(schema, ["--model_dir", "x", "--model_dir"], repeatable=("model_dir",))
