@@ -12,6 +12,11 @@ read from each: one table with rows ``<folder name>/<row>``, and the JSON is nes
 ``--alignment`` (JSONs of ``python -m igam.visualize``, one per folder) adds the column
 ``alignment``: a student's mean cosine similarity with the teacher's input gradients, 1 for
 the teacher's own row (trivially), null ("-") for the other rows.
+
+    python -m igam.report --summarize seed_0/results.json seed_1/results.json --out summary.json
+
+summarises repeated runs (seeds) of one table: every cell becomes its mean, population std,
+min, max and values (printed as mean+-std); the JSON is ``{"runs": [files], "summary": ...}``.
 """
 
 from __future__ import annotations
@@ -67,16 +72,37 @@ def add_alignment(table: dict, alignment: dict, path: Path) -> dict:
     return table
 
 
+def summarize(runs: list[dict]) -> dict:
+    """Mean and spread over repeated runs (e.g. seeds) of the same table: every number of the
+    tables (nested alike) becomes ``{"mean", "std" (population), "min", "max", "values"}``;
+    ``None`` values (e.g. the alignment of a row without one) stay None."""
+    first = runs[0]
+    if isinstance(first, dict):
+        if any(not isinstance(r, dict) or list(r) != list(first) for r in runs):
+            raise IGAMError("the results to summarise do not have the same rows and columns")
+        return {k: summarize([r[k] for r in runs]) for k in first}
+    if any(v is None for v in runs):
+        return None
+    values = [float(v) for v in runs]
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+    return {"mean": round(mean, 4), "std": round(std, 4), "min": min(values),
+            "max": max(values), "values": values}
+
+
 def _cell(column: str, value) -> str:
     if value is None:
         return f"{'-':>7}"
+    if isinstance(value, dict):  # a summary: mean +- std
+        return (f"{value['mean']:.3f}+-{value['std']:.3f}" if column == "alignment"
+                else f"{value['mean']:.2f}+-{value['std']:.2f}")
     return f"{value:>7.3f}" if column == "alignment" else f"{value:>6.2f}%"
 
 
 def format_table(table: dict) -> str:
     cols = list(next(iter(table.values())).keys()) if table else []
     width = max([len(r) for r in table] + [5])
-    widths = [max(7, len(c)) for c in cols]
+    widths = [max([len(c), 7] + [len(_cell(c, e[c])) for e in table.values()]) for c in cols]
     lines = [f"{'model':<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cols, widths))]
     for row, entry in table.items():
         lines.append(f"{row:<{width}}  " + "  ".join(
@@ -87,14 +113,35 @@ def format_table(table: dict) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m igam.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dirs", type=Path, nargs="+", metavar="run_dir")
-    p.add_argument("--rows", nargs="+", required=True)
+    p.add_argument("run_dirs", type=Path, nargs="*", metavar="run_dir")
+    p.add_argument("--summarize", type=Path, nargs="+", default=None, metavar="RESULTS_JSON",
+                   help="instead of run folders: results.json files of repeated runs (e.g. "
+                        "seeds); writes their mean and spread")
+    p.add_argument("--rows", nargs="+", default=None)
     p.add_argument("--attacks", nargs="+", default=["fgsm", "pgds20"])
     p.add_argument("--alignment", type=Path, nargs="+", default=None,
                    help="JSONs of python -m igam.visualize (one per run folder): adds the "
                         "alignment column")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.summarize:
+        runs = []
+        for path in args.summarize:
+            if not path.is_file():
+                raise IGAMError(f"{path} not found: run the experiment for it first")
+            runs.append(json.loads(path.read_text()))
+        result = summarize(runs)
+        nested = all(isinstance(v, dict) and "mean" not in v
+                     for rows in result.values() for v in rows.values())
+        table = ({f"{g}/{r}": e for g, rows in result.items() for r, e in rows.items()}
+                 if nested else result)
+        print(f"mean +- std over {len(runs)} runs")
+        print(format_table(table))
+        if args.out is not None:
+            write_json(args.out, {"runs": [str(p) for p in args.summarize], "summary": result})
+        return
+    if not args.run_dirs or not args.rows:
+        raise IGAMError("igam.report needs run folders and --rows (or --summarize FILES)")
     if args.alignment and len(args.alignment) != len(args.run_dirs):
         raise IGAMError(f"--alignment needs one JSON per run folder ({len(args.run_dirs)}), "
                         f"got {len(args.alignment)}")

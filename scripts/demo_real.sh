@@ -5,13 +5,18 @@
 #   cifar10_0-4_to_5-9        CIFAR-10 classes 0-4 (source) -> classes 5-9 (target), data.classes
 # For each pair: PGD adversarial training of the source model -> teacher head finetuning on the
 # target task -> an IGAM student and a baseline student trained identically with
-# beta = gamma = 0 -> FGSM and PGD-20 on the target test set. One table (clean / FGSM / PGD-20
-# accuracy, %), also written to models/demo_real/results.json as
-# {pair: {finetuned_teacher | igam_student | baseline_student: {clean, fgsm, pgd20}}}.
+# beta = gamma = 0 -> FGSM and PGD-20 on the target test set, AutoAttack (a reduced standard
+# version, on the first test images) -> input-gradient picture and alignment (igam.visualize).
+# One table (clean / FGSM / PGD-20 / AutoAttack accuracy, %, and alignment), also written to
+# models/demo_real/results.json as
+# {pair: {finetuned_teacher | igam_student | baseline_student:
+#         {clean, fgsm, pgd20, autoattack, alignment}}}.
 #
 # Usage: bash scripts/demo_real.sh   (from anywhere; <= 20 min on 2 CPU cores at the defaults)
 # Data: IGAM_REAL_DATA (default datasets/) holds cifar10/cifar-10-batches-py/ (or
 #   cifar-10-batches-py/ directly) and tiny-imagenet-200/ (README "Datasets").
+# Repeats: DEMO_REAL_SEEDS="0 1 2" runs the whole experiment once per seed (into
+#   $DEMO_REAL_DIR/seed_<s>/) and writes their mean and spread to $DEMO_REAL_DIR/summary.json.
 # Knobs (environment): DEMO_REAL_DIR (output folder), DEMO_REAL_SEED (one seed for every step),
 #   DEMO_REAL_TINY=1 (a few steps on a few test images: a smoke test, numbers meaningless),
 #   and the per-step ones below (DEMO_REAL_*).
@@ -28,6 +33,18 @@ start=$(date +%s)
 
 fail() { echo "error: $*" >&2; exit 2; }
 
+# repeated runs: this script once per seed, then the summary (mean and spread per cell)
+if [ -n "${DEMO_REAL_SEEDS:-}" ]; then
+  files=()
+  for s in $DEMO_REAL_SEEDS; do
+    DEMO_REAL_SEEDS="" DEMO_REAL_SEED=$s DEMO_REAL_DIR=$OUT/seed_$s bash "$ROOT/scripts/demo_real.sh"
+    files+=("$OUT/seed_$s/results.json")
+  done
+  $PY -m igam.report --summarize "${files[@]}" --out "$OUT/summary.json"
+  echo "demo_real ($DEMO_REAL_SEEDS) finished in $(( $(date +%s) - start )) s; summary in $OUT/summary.json"
+  exit 0
+fi
+
 # 1. the real datasets (official layouts; the loaders accept a folder or its parent)
 C10=""
 for d in "$DATA/cifar10" "$DATA"; do
@@ -41,9 +58,11 @@ TIN=$DATA/tiny-imagenet-200
 
 # 2. settings (DEMO_REAL_TINY=1: the smallest settings that run every step)
 if [ "${DEMO_REAL_TINY:-0}" = 1 ]; then
-  D_WIDTHS=4,4,8,16; D_SRC=2; D_FT=2; D_IGAM=2; D_WARM=1; D_NEVAL=20
+  D_WIDTHS=4,4,8,16; D_SRC=2; D_FT=2; D_IGAM=2; D_WARM=1; D_NEVAL=20; D_AA_N=10; D_AA_ITER=2
+  D_AA_Q=10
 else
-  D_WIDTHS=8,8,16,32; D_SRC=300; D_FT=200; D_IGAM=300; D_WARM=100; D_NEVAL=0
+  D_WIDTHS=8,8,16,32; D_SRC=300; D_FT=200; D_IGAM=300; D_WARM=100; D_NEVAL=0; D_AA_N=200
+  D_AA_ITER=0; D_AA_Q=1000
 fi
 WIDTHS=${DEMO_REAL_WIDTHS:-$D_WIDTHS}          # WideResNet widths of every model, 1 unit per stage
 SRC_STEPS=${DEMO_REAL_SRC_STEPS:-$D_SRC}       # adversarial training steps of the source model
@@ -54,7 +73,13 @@ BETA=${DEMO_REAL_BETA:-1}                      # IGAM student's discriminator we
 GAMMA=${DEMO_REAL_GAMMA:-10}                   # IGAM student's L2 (gradient distance) weight
 TIN_CLASSES=${DEMO_REAL_TIN_CLASSES:-0}        # first k Tiny-ImageNet classes as source (0: all 200)
 NEVAL=${DEMO_REAL_NEVAL:-$D_NEVAL}             # test images attacked and evaluated (0: all)
-ATTACKS=(fgsm pgds20)  # LEAD: AutoAttack goes here (autoattack: configs/attack_autoattack.yaml)
+AA_N=${DEMO_REAL_AA_EXAMPLES:-$D_AA_N}         # first test images AutoAttack attacks
+AA_ITER=${DEMO_REAL_AA_ITER:-$D_AA_ITER}       # APGD/FAB iterations (0: standard's 100)
+AA_QUERIES=${DEMO_REAL_AA_QUERIES:-$D_AA_Q}    # Square queries (0: standard's 5000)
+ATTACKS=(fgsm pgds20 autoattack)               # configs/attack_<name>.yaml
+# AutoAttack: standard version (APGD-CE, APGD-T, FAB-T, Square), L-inf eps 8, reduced to
+# AA_QUERIES Square queries and AA_N images to fit the CPU budget (its JSON says "reduced")
+AA_OPTS=(--eval.num_examples "$AA_N" --attack.n_iter "$AA_ITER" --attack.n_queries "$AA_QUERIES")
 
 COMMON=(--device cpu --overwrite --seed "$SEED" --log_every 50 --eval.batch_size 100
         --eval.num_examples "$NEVAL")
@@ -87,20 +112,24 @@ run_pair() {
   # attacks on the target test set (dataset and class subset from each model's checkpoint)
   for model in finetuned_teacher igam_student baseline_student; do
     for attack in "${ATTACKS[@]}"; do
+      if [ "$attack" = autoattack ]; then A=("${AA_OPTS[@]}"); else A=(--eval.num_examples "$NEVAL"); fi
       for script in pgd_attack.py run_attack.py; do
         $PY "$script" --config "configs/attack_${attack}.yaml" --model_dir "$P/$model" \
-          --device cpu --seed "$SEED" --eval.num_examples "$NEVAL" --attack_dir "$P/attacks" \
-          > /dev/null
+          --device cpu --seed "$SEED" --attack_dir "$P/attacks" "${A[@]}" > /dev/null
       done
     done
   done
   gradient_picture "$P"
 }
 
-# LEAD: the gradient picture and alignment numbers go here, once igam.visualize exists:
-#   python -m igam.visualize --teacher_dir "$1/finetuned_teacher" --student_dir "$1/igam_student" ...
-#     --out "$1/gradients.png"   (and its alignment JSON into the table)
-gradient_picture() { :; }
+# input gradients of the teacher and both students: picture + alignment (mean cosine over the
+# evaluated test images), $1/input_gradients.png and .json
+gradient_picture() {
+  $PY -m igam.visualize --config configs/visualize.yaml --device cpu --seed "$SEED" \
+    --teacher_dir "$1/finetuned_teacher" --student_dir "$1/igam_student" \
+    --student_dir "$1/baseline_student" --alignment.num_examples "$NEVAL" \
+    --out "$1/input_gradients.png" > /dev/null
+}
 
 # (a) Tiny-ImageNet -> CIFAR-10: the paper's pair, teacher upresizes the 32x32 images to 64x64
 SRC_DATA=(--data.root "$TIN" --data.num_classes "$TIN_CLASSES")
@@ -117,7 +146,9 @@ run_pair cifar10_0-4_to_5-9 configs/advtrain_cifar10.yaml \
   configs/finetune_cifar10_to_cifar100.yaml configs/igam_cifar10_to_cifar100.yaml
 
 # 4. one table
-$PY -m igam.report "$OUT/tinyimagenet_to_cifar10" "$OUT/cifar10_0-4_to_5-9" \
+PAIRS=("$OUT/tinyimagenet_to_cifar10" "$OUT/cifar10_0-4_to_5-9")
+$PY -m igam.report "${PAIRS[@]}" \
   --rows finetuned_teacher igam_student baseline_student --attacks "${ATTACKS[@]}" \
+  --alignment "${PAIRS[0]}/input_gradients.json" "${PAIRS[1]}/input_gradients.json" \
   --out "$OUT/results.json"
 echo "demo_real finished in $(( $(date +%s) - start )) s (seed $SEED); results in $OUT/results.json"

@@ -43,7 +43,14 @@ def test_demo_real_script_end_to_end(real_data, tmp_path):
         for row in ROWS:
             d = out / pair / row
             entry = results[pair][row]
-            assert list(entry) == ["clean", "fgsm", "pgd20"]
+            assert list(entry) == ["clean", "fgsm", "pgd20", "autoattack", "alignment"]
+            aa = json.loads((out / pair / "attacks" / f"{row}_autoattack_attack.json").read_text())
+            assert aa["n"] == 10 and aa["seed"] == 3
+            assert aa["autoattack"]["settings"]["reduced"] is True
+            robust = list(aa["autoattack"]["robust_accuracy"].values())
+            assert robust == sorted(robust, reverse=True)  # clean, then after each sub-attack
+            ev = json.loads((d / "eval_autoattack.json").read_text())
+            assert entry["autoattack"] == round(100 * ev["adv_accuracy"], 2) and ev["n"] == 10
             for attack, column in ATTACKS.items():
                 ev = json.loads((d / f"eval_{attack}.json").read_text())
                 assert ev["dataset"] == test_name and ev["n"] == 20 and ev["eps"] == 8.0
@@ -57,11 +64,17 @@ def test_demo_real_script_end_to_end(real_data, tmp_path):
                                   .read_text())
                 assert meta["seed"] == 3 and meta["attack"]["steps"] == (1 if
                                                                         attack == "fgsm" else 20)
-            assert all(0.0 <= v <= 100.0 for v in entry.values())
+            assert all(0.0 <= v <= 100.0 for k, v in entry.items() if k != "alignment")
             cfg = config(d)
             assert cfg["seed"] == 3 and cfg["data"]["classes"] == (tgt_classes or [])
             assert load_checkpoint(d)["step"] == 2
             assert json.loads((d / "eval_clean.json").read_text())
+        alignment = json.loads((out / pair / "input_gradients.json").read_text())
+        for row in ("igam_student", "baseline_student"):
+            cosine = alignment["students"][row]["mean_cosine"]
+            assert -1.0 <= cosine <= 1.0 and results[pair][row]["alignment"] == round(cosine, 4)
+        assert results[pair]["finetuned_teacher"]["alignment"] == 1.0
+        assert (out / pair / "input_gradients.png").stat().st_size > 1000
         src = config(out / pair / "source")
         assert src["seed"] == 3 and src["data"]["classes"] == (src_classes or [])
         assert src["data"]["dataset"] == ("cifar10" if src_classes else "tinyimagenet")

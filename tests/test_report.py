@@ -27,3 +27,25 @@ def test_table_with_alignment_column(tmp_path):
     assert lines[3].split() == ["other", "50.00%", "10.00%", "-"]
     with pytest.raises(IGAMError, match="not an alignment JSON"):
         report.add_alignment(table, {"students": []}, tmp_path / "a.json")
+
+
+def test_summarize_repeated_runs(tmp_path):
+    runs = [{"pair": {"igam": {"clean": 80.0, "pgd20": 30.0, "alignment": 0.5},
+                      "base": {"clean": 90.0, "pgd20": 10.0, "alignment": None}}},
+            {"pair": {"igam": {"clean": 82.0, "pgd20": 34.0, "alignment": 0.7},
+                      "base": {"clean": 90.0, "pgd20": 14.0, "alignment": None}}}]
+    s = report.summarize(runs)
+    assert s["pair"]["igam"]["pgd20"] == {"mean": 32.0, "std": 2.0, "min": 30.0, "max": 34.0,
+                                          "values": [30.0, 34.0]}
+    assert s["pair"]["igam"]["alignment"]["mean"] == 0.6
+    assert s["pair"]["base"]["alignment"] is None
+    files = []
+    for i, r in enumerate(runs):
+        files.append(tmp_path / f"r{i}.json")
+        files[-1].write_text(json.dumps(r))
+    out = tmp_path / "summary.json"
+    report.main(["--summarize", *map(str, files), "--out", str(out)])
+    written = json.loads(out.read_text())
+    assert written["runs"] == [str(f) for f in files] and written["summary"] == s
+    with pytest.raises(IGAMError, match="same rows and columns"):
+        report.summarize([runs[0], {"pair": {"igam": {"clean": 1.0}}}])
