@@ -157,6 +157,14 @@ def main(argv=None) -> dict:
               f"vs {acc['torchattacks']:.3f} [goal equal or lower: "
               f"{'OK' if gap <= 0 else 'MISSED'}]")
 
+    result = {"benchmark": "eval", "environment": env, "complete": False,
+              "settings": {k: v for k, v in vars(args).items() if k not in ("out_dir", "tag")},
+              "train_seconds": train_secs, "pgd": pgd, "apgd_ce_crosscheck": None,
+              "autoattack_standard": None,
+              "torchattacks": getattr(torchattacks, "__version__", None),
+              "pyautoattack": getattr(pyautoattack, "__version__", None)}
+    common.write_result(args.out_dir, "eval", device, result, args.tag)  # part 1 kept if cut
+
     # 2. APGD-CE: igam.autoattack (pyautoattack) vs torchattacks.APGD
     apgd = None
     if pyautoattack is not None:
@@ -183,6 +191,9 @@ def main(argv=None) -> dict:
                   f"{theirs_acc:.3f} ({ta_t:.1f} s): gap {gap:+.3f}, 2 s.e. {two_se:.3f}: "
                   f"{'agree within noise' if apgd['agree'] else 'DISAGREE'}")
 
+    result["apgd_ce_crosscheck"] = apgd
+    common.write_result(args.out_dir, "eval", device, result, args.tag)
+
     # 3. standard AutoAttack vs early-stopping PGD-20 on the same images
     aa = None
     if pyautoattack is not None and args.aa_examples > 0:
@@ -205,12 +216,7 @@ def main(argv=None) -> dict:
         print("  " + ", ".join(f"{k} {v:.3f}" for k, v in rep["robust_accuracy"].items())
               + f"; flags: {[f['message'] for f in rep['flags']] or 'none'}")
     env["load_average_end"] = common.load_average()
-    result = {"benchmark": "eval", "environment": env,
-              "settings": {k: v for k, v in vars(args).items() if k not in ("out_dir", "tag")},
-              "train_seconds": train_secs, "pgd": pgd, "apgd_ce_crosscheck": apgd,
-              "autoattack_standard": aa,
-              "torchattacks": getattr(torchattacks, "__version__", None),
-              "pyautoattack": getattr(pyautoattack, "__version__", None)}
+    result.update(autoattack_standard=aa, complete=True)
     common.write_result(args.out_dir, "eval", device, result, args.tag)
     return result
 

@@ -97,4 +97,5 @@ def test_bench_eval_smoke(tmp_path):
         assert 0.0 <= res["apgd_ce_crosscheck"]["ours_accuracy"] <= 1.0
         accs = list(res["autoattack_standard"]["robust_accuracy"].values())
         assert all(a >= b for a, b in zip(accs, accs[1:]))
-    assert _load(tmp_path, "eval")["benchmark"] == "eval"
+    saved = _load(tmp_path, "eval")
+    assert saved["benchmark"] == "eval" and saved["complete"] is True
