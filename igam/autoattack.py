@@ -266,7 +266,8 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: Settings,
     will; differs only if a boundary example flips), ``flags`` ([{'message', 'count'}] from
     the library's checks, plus one if final_accuracy differs), ``seconds`` ({'total',
     <sub-attack>: s}),
-    ``settings`` and ``pyautoattack`` (version).
+    ``settings``, ``pyautoattack`` (version) and ``target_classes`` (of APGD-T / FAB-T: 9,
+    or K - 1 for a model with K <= 9 classes).
     """
     aa_module = import_pyautoattack()
     if getattr(aa_module, "__version__", None) != PACKAGE_VERSION:
@@ -291,6 +292,13 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: Settings,
                     sub.n_iter = settings.n_iter
             if settings.n_queries:
                 adversary.square.n_queries = settings.n_queries
+            # the targeted sub-attacks aim at the 9 most likely wrong classes; with fewer
+            # classes (e.g. a 5-class subset) only K - 1 exist (the library would index past
+            # the logits): target them all
+            with torch.no_grad():
+                num_classes = int(wrapped(x01[:1].to(device)).shape[1])
+            targets = min(adversary.apgd_targeted.n_target_classes, num_classes - 1)
+            adversary.apgd_targeted.n_target_classes = adversary.fab.n_target_classes = targets
             x_adv01, y_adv = adversary.run_standard_evaluation(x01, y, batch_size=bs)
         total = time.perf_counter() - t0
         x_adv = (x_adv01.detach().float().cpu() * 255.0).contiguous()  # what the model saw
@@ -322,6 +330,7 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: Settings,
         "settings": {**asdict(settings), "attacks": list(settings.attacks),
                      "custom": settings.custom, "reduced": settings.reduced},
         "pyautoattack": getattr(aa_module, "__version__", None),
+        "target_classes": targets,
     }
     return x_adv, report
 

@@ -167,6 +167,23 @@ def test_run_restores_the_model_and_stays_in_the_eps_ball():
             pytest.approx(rep["final_accuracy"])
 
 
+def test_targeted_sub_attacks_target_every_other_class_of_a_small_model():
+    """A 5-class model (e.g. a CIFAR-10 class subset) has 4 wrong classes, not the standard
+    9: APGD-T and FAB-T target 4 (the library itself would index past the logits)."""
+    torch.manual_seed(0)
+    net = ChannelsLastNet()
+    net.fc = nn.Linear(4, 5)
+    net.eval()
+    x = torch.rand(4, 3, 8, 8) * 255
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    s = autoattack.settings_from_config({"eps": 4.0, "attacks": ["apgd-t", "fab-t"],
+                                         "n_iter": 2}, 0, 4)
+    x_adv, rep = autoattack.run(net, x, y, s, "cpu", show=False)
+    assert rep["target_classes"] == 4 and x_adv.shape == x.shape
+    assert list(rep["robust_accuracy"]) == ["clean", "apgd-t", "fab-t"]
+
+
 def _pgd_eval(w, *args):
     """pgd_attack.py + run_attack.py with PGD-5 at eps 4; (attack JSON, eval JSON, stderr)."""
     common = ["--config", str(REPO / "configs/attack_pgds5.yaml"), "--device", "cpu",
