@@ -79,7 +79,7 @@ $PY -m igam.visualize --config configs/visualize.yaml --device cpu \
 $PY -m igam.sanity --config configs/sanity.yaml --device cpu \
   --model_dir "$OUT/finetuned_teacher" --model_dir "$OUT/igam_student" \
   --model_dir "$OUT/baseline_student" --sanity.num_examples ${DEMO_SANITY_EXAMPLES:-100} \
-  --sanity.square_queries ${DEMO_SQUARE_QUERIES:-1000} \
+  --sanity.square_queries ${DEMO_SQUARE_QUERIES:-1000} ${DEMO_SANITY_ARGS:-} \
   --out "$OUT/sanity.json" --curve "$OUT/robustness_curve.png"
 
 # 9. one table

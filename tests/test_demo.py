@@ -18,6 +18,8 @@ def test_demo_script_produces_results_table(tmp_path):
                DEMO_CLASSES="3", DEMO_SRC_PER_CLASS="8", DEMO_SRC_VAL="4", DEMO_TGT_TRAIN="64",
                DEMO_TGT_TEST="20", DEMO_SRC_STEPS="2", DEMO_FT_STEPS="2", DEMO_IGAM_STEPS="4",
                DEMO_WARMUP="2", DEMO_SANITY_EXAMPLES="20", DEMO_SQUARE_QUERIES="20",
+               DEMO_SANITY_ARGS="--sanity.steps 1,2 --sanity.eps_sweep 8,64 "
+                                "--sanity.sweep_steps 2 --sanity.noise_draws 2",
                OMP_NUM_THREADS="1")
     proc = subprocess.run(["bash", str(REPO / "scripts/demo.sh")], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=900)
