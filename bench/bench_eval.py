@@ -15,12 +15,14 @@
 The model: a WideResNet (debug widths) trained ``--train_steps`` steps on synthetic CIFAR-like
 data (``igam.data.synthetic``), the first ``--natural_steps`` of them on natural batches, the
 rest PGD-``--train_pgd_steps`` adversarial training with the port's ``ClassifierTrainer``
-(eps 8, step 2), so that robust accuracy is far from 0 and 1. Needs torchattacks
+(eps 8, step 2), so that robust accuracy is far from 0 and 1; ``--data DIR`` takes real
+CIFAR-10 instead (training set; the first ``--n_eval`` test images). Needs torchattacks
 (requirements-bench.txt) and pyautoattack (requirements-autoattack.txt); without them the
 parts that need them are left out and say so.
 
     python -m bench.bench_eval                          # ~10 min on 2 CPU cores
     python -m bench.bench_eval --device cuda --n_eval 2000
+    python -m bench.bench_eval --data $IGAM_REAL_DATA/cifar-10-batches-py --tag real
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ from bench import common  # noqa: E402
 from bench.bench_pgd import Scale255, synthetic_data  # noqa: E402
 from igam import autoattack  # noqa: E402
 from igam.attacks import PGD  # noqa: E402
-from igam.data import TrainBatches  # noqa: E402
+from igam.data import (
+    TrainBatches,  # noqa: E402
+    load_cifar10,  # noqa: E402
+)
 from igam.models import WideResNet  # noqa: E402
 from igam.training import ClassifierTrainer  # noqa: E402
 
@@ -65,6 +70,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="of which natural (non-adversarial) first (100)")
     p.add_argument("--train_pgd_steps", type=int, default=5,
                    help="PGD steps of adversarial training (5)")
+    p.add_argument("--data", default="synthetic",
+                   help="synthetic (default), or a CIFAR-10 folder (official python version, "
+                        "e.g. $IGAM_REAL_DATA/cifar-10-batches-py): train on its training set, "
+                        "attack the first --n_eval test images")
     p.add_argument("--n_train", type=int, default=2000, help="synthetic training images")
     p.add_argument("--n_eval", type=int, default=512, help="held-out images (512)")
     p.add_argument("--apgd_steps", type=int, default=100, help="APGD iterations (100)")
@@ -111,7 +120,11 @@ def main(argv=None) -> dict:
         print(f"not installed: {', '.join(missing)} - their parts are skipped "
               "(pip install --no-deps -r requirements-bench.txt; "
               f"{autoattack.INSTALL})")
-    train, held_out = synthetic_data(args)
+    if args.data == "synthetic":
+        train, held_out = synthetic_data(args)
+    else:
+        train, held_out = load_cifar10(args.data)
+        held_out = held_out.subset(slice(0, args.n_eval))
     model, train_secs = adversarially_trained(args, train, device)
     x = torch.from_numpy(held_out.images).permute(0, 3, 1, 2).float().contiguous().to(device)
     y = torch.from_numpy(held_out.labels).long().to(device)
