@@ -78,8 +78,8 @@ $PY -m igam.visualize --config configs/visualize.yaml --device cpu \
 # 8. gradient-masking checks and the robustness curve of the CIFAR-10 models
 $PY -m igam.sanity --config configs/sanity.yaml --device cpu \
   --model_dir "$OUT/finetuned_teacher" --model_dir "$OUT/igam_student" \
-  --model_dir "$OUT/baseline_student" --sanity.num_examples ${DEMO_SANITY_EXAMPLES:-100} \
-  --sanity.square_queries ${DEMO_SQUARE_QUERIES:-1000} ${DEMO_SANITY_ARGS:-} \
+  --model_dir "$OUT/baseline_student" --sanity.num_examples ${DEMO_SANITY_EXAMPLES:-50} \
+  --sanity.square_queries ${DEMO_SQUARE_QUERIES:-300} ${DEMO_SANITY_ARGS:-} \
   --out "$OUT/sanity.json" --curve "$OUT/robustness_curve.png"
 
 # 9. one table
