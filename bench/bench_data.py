@@ -55,9 +55,7 @@ except ImportError:  # torchvision is a runtime dependency, but keep the rest us
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench_data", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(p, batch_size=128, reps=4, units=1)
+    p = common.make_parser("bench_data", __doc__, batch_size=128, reps=4, units=1)
     p.add_argument("--data", default="auto",
                    help="auto (real subset if found, else synthetic) | synthetic | PATH of a "
                         "tiny-imagenet-200 folder")

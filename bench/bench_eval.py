@@ -59,12 +59,9 @@ except ImportError:  # optional dependency (requirements-autoattack.txt)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench_eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(p, batch_size=128, reps=3, units=1)
+    p = common.make_parser("bench_eval", __doc__, image_args=True, batch_size=128, reps=3,
+                           units=1)
     p.add_argument("--steps", type=int, default=20, help="PGD steps (default: 20)")
-    p.add_argument("--image_size", type=int, default=32)
-    p.add_argument("--num_classes", type=int, default=10)
     p.add_argument("--train_steps", type=int, default=500, help="training steps (500)")
     p.add_argument("--natural_steps", type=int, default=100,
                    help="of which natural (non-adversarial) first (100)")

@@ -64,14 +64,11 @@ class Scale255(nn.Module):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench_pgd", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(p, batch_size=32, reps=10, units=1)
+    p = common.make_parser("bench_pgd", __doc__, image_args=True, batch_size=32, reps=10,
+                           units=1)
     p.add_argument("--steps", type=int, default=10, help="PGD steps (default: 10)")
     p.add_argument("--eps", type=float, default=8.0, help="L-inf radius in grey levels (8)")
     p.add_argument("--step_size", type=float, default=2.0, help="step in grey levels (2)")
-    p.add_argument("--image_size", type=int, default=32)
-    p.add_argument("--num_classes", type=int, default=10)
     p.add_argument("--train_steps", type=int, default=300,
                    help="plain SGD steps on synthetic data before timing (default: 300)")
     p.add_argument("--n_train", type=int, default=2000, help="synthetic training images")

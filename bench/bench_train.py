@@ -63,11 +63,8 @@ LR = [[0, 0.01]]  # small, so that repeated steps on one batch stay finite
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench_train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(p, batch_size=32, reps=6, units=1)
-    p.add_argument("--image_size", type=int, default=32, help="student image side (CIFAR: 32)")
-    p.add_argument("--num_classes", type=int, default=10)
+    p = common.make_parser("bench_train", __doc__, image_args=True, batch_size=32, reps=6,
+                           units=1)
     p.add_argument("--teacher_size", type=int, default=64,
                    help="teacher input side: images are upresized to it (TinyImageNet -> "
                         "CIFAR-10: 64; 0 = no resize)")

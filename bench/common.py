@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # ``python bench/x.py`` puts bench/, not the repo, on the path
@@ -63,6 +63,20 @@ def parse_widths(text: str) -> tuple:
             f"--width {text}: stages 2 and 3 (stride 2) must change the channel count "
             "(e.g. 4,4,6,8)")
     return widths
+
+
+def make_parser(prog: str, doc: str | None, *, image_args: bool = False,
+                **common: Any) -> argparse.ArgumentParser:
+    """The argument parser of a benchmark: its docstring as help, :func:`add_common_args`
+    (``common`` are its defaults) and, with ``image_args``, --image_size / --num_classes of
+    the benchmark's images."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, **common)
+    if image_args:
+        parser.add_argument("--image_size", type=int, default=32, help="image side (CIFAR: 32)")
+        parser.add_argument("--num_classes", type=int, default=10)
+    return parser
 
 
 def add_common_args(parser: argparse.ArgumentParser, *, batch_size: int, reps: int,
