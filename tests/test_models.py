@@ -220,8 +220,9 @@ def test_build_model_rejects_bad_arch():
 
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_cpu_batchnorm_matches_torch_batchnorm(momentum):
-    """The CPU batch-statistics path (var_mean + affine) computes what nn.BatchNorm2d does:
-    outputs, input gradients and the running averages (EMA, or cumulative with momentum None)."""
+    """The CPU batch-statistics path (channels centred, then the kernel) computes what
+    nn.BatchNorm2d does: outputs, input gradients and the running averages (EMA, or
+    cumulative with momentum None)."""
     torch.manual_seed(0)
     ours, ref = BatchNorm2d(6), torch.nn.BatchNorm2d(6, eps=1e-3)
     ours.momentum = ref.momentum = momentum
