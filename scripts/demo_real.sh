@@ -17,8 +17,13 @@
 #   cifar-10-batches-py/ directly) and tiny-imagenet-200/ (README "Datasets").
 # Repeats: DEMO_REAL_SEEDS="0 1 2" runs the whole experiment once per seed (into
 #   $DEMO_REAL_DIR/seed_<s>/) and writes their mean and spread to $DEMO_REAL_DIR/summary.json.
+# Validation: DEMO_REAL_VALIDATE=1 holds out 100 CIFAR-10 training images per class
+#   (python -m igam.data.holdout, into $DEMO_REAL_DIR/validation_data/) and runs everything on
+#   the rest, so the "test" columns are validation accuracies: choose settings this way, never
+#   on the test set. The Tiny-ImageNet source keeps all its training images.
 # Knobs (environment): DEMO_REAL_DIR (output folder), DEMO_REAL_SEED (one seed for every step),
 #   DEMO_REAL_TINY=1 (a few steps on a few test images: a smoke test, numbers meaningless),
+#   DEMO_REAL_ATTACKS (default "fgsm pgds20 autoattack": configs/attack_<name>.yaml),
 #   and the per-step ones below (DEMO_REAL_*).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,6 +60,10 @@ done
 TIN=$DATA/tiny-imagenet-200
 [ -d "$TIN/train" ] || fail "real Tiny-ImageNet not found in $DATA: unzip the official" \
   "tiny-imagenet-200.zip into $DATA/ (giving $TIN/train/...), or set IGAM_REAL_DATA"
+if [ "${DEMO_REAL_VALIDATE:-0}" = 1 ]; then
+  $PY -m igam.data.holdout --root "$C10" --out "$OUT/validation_data" --per_class 100 --seed 0
+  C10=$OUT/validation_data
+fi
 
 # 2. settings (DEMO_REAL_TINY=1: the smallest settings that run every step)
 if [ "${DEMO_REAL_TINY:-0}" = 1 ]; then
@@ -76,7 +85,7 @@ NEVAL=${DEMO_REAL_NEVAL:-$D_NEVAL}             # test images attacked and evalua
 AA_N=${DEMO_REAL_AA_EXAMPLES:-$D_AA_N}         # first test images AutoAttack attacks
 AA_ITER=${DEMO_REAL_AA_ITER:-$D_AA_ITER}       # APGD/FAB iterations (0: standard's 100)
 AA_QUERIES=${DEMO_REAL_AA_QUERIES:-$D_AA_Q}    # Square queries (0: standard's 5000)
-ATTACKS=(fgsm pgds20 autoattack)               # configs/attack_<name>.yaml
+read -r -a ATTACKS <<< "${DEMO_REAL_ATTACKS:-fgsm pgds20 autoattack}"  # configs/attack_<name>.yaml
 # AutoAttack: standard version (APGD-CE, APGD-T, FAB-T, Square), L-inf eps 8, reduced to
 # AA_QUERIES Square queries and AA_N images to fit the CPU budget (its JSON says "reduced")
 AA_OPTS=(--eval.num_examples "$AA_N" --attack.n_iter "$AA_ITER" --attack.n_queries "$AA_QUERIES")
