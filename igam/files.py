@@ -24,7 +24,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     or the new file, never a partial one. On any exception the temporary file is removed and the
     old ``path`` is left untouched.
 
-    The temporary file is named ``.<name>.<random>.tmp`` in the same directory.
+    The temporary file is named ``.<name>.<random>.tmp`` in the same directory. The file gets
+    the permissions ``open()`` would give a new file (0666 less the umask), not mkstemp's 0600,
+    so results can be shared like any other file.
     """
     if mode not in ("w", "wb"):
         raise ValueError("atomic_write supports mode 'w' or 'wb'")
@@ -34,6 +36,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         if mode == "wb":
             handle = os.fdopen(fd, "wb")
         else:
@@ -48,6 +51,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
             tmp.unlink()
         raise
     _fsync_directory(directory)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: set it straight back
+    os.umask(mask)
+    return mask
 
 
 def _fsync_directory(directory: Path) -> None:

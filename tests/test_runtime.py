@@ -5,6 +5,7 @@ command-line guard (igam.cli)."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -139,6 +140,19 @@ def test_atomic_write_helpers(tmp_path):
     write_json(tmp_path / "x.json", {"a": [1, 2], "b": float("-inf")})
     assert strict_loads((tmp_path / "x.json").read_text()) == {"a": [1, 2], "b": "-inf"}
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["out.txt", "sub", "x.json"]
+
+
+def test_atomic_write_gives_the_permissions_of_a_plain_write(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        (tmp_path / "b.txt").write_text("x")
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "c.txt", "x")
+    finally:
+        os.umask(old)
+    mode = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert mode == {"a.txt": 0o644, "b.txt": 0o644, "c.txt": 0o600}
 
 
 def test_prepare_run_dir(tmp_path):
