@@ -64,6 +64,7 @@ igam.data
     resolve_classes(data_cfg, total, name) -> [int] | None; select_classes(dataset, classes)
                                               class subset, original classes[i] -> label i
     igam.data.synthetic: write_synthetic_cifar10 / _cifar100 / _tinyimagenet (official formats)
+    igam.data.holdout: write_cifar10_holdout(root, out, per_class, seed) (validation split)
 igam.tfcheckpoint / igam.convert
     read_tf_checkpoint(path) -> {name: np.ndarray}; model_from_tf(variables, arch) -> nn.Module
 igam.config / igam.checkpoint / igam.engine; run-time plumbing: igam.seeding, igam.device,

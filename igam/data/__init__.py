@@ -6,8 +6,9 @@
 - ``resolve_classes`` / ``select_classes``: class subsets (``data.classes``), relabelled 0..k-1.
 - ``augment_batch``: pad-2 random crop + horizontal flip, batched on the device.
 - ``igam.data.synthetic``: writers of small synthetic datasets in the official file formats.
+- ``igam.data.holdout``: a validation split of a CIFAR-10 training set, in the official layout.
 
-Names are imported lazily (PEP 562), so ``python -m igam.data.synthetic`` and the file loaders
+Names are imported lazily (PEP 562), so ``python -m igam.data.synthetic`` / ``holdout`` and the file loaders
 do not pay for importing torch.
 """
 
