@@ -1,6 +1,10 @@
 """scripts/demo_real.sh end to end on the real subsets ($IGAM_REAL_DATA) with its tiny settings
 (DEMO_REAL_TINY=1: a few steps, 20 test images; the numbers are meaningless, the files and
-their consistency are checked), and its one-line error when the data is missing."""
+their consistency are checked), and its one-line error when the data is missing.
+
+The end-to-end run uses the validation mode (DEMO_REAL_VALIDATE=1), whose only addition to the
+default path is the held-out CIFAR-10 folder every step then reads (one run covers both; the
+README's table is the default path run at full settings)."""
 
 from __future__ import annotations
 
@@ -21,9 +25,9 @@ ROWS = ["finetuned_teacher", "igam_student", "baseline_student"]
 ATTACKS = {"fgsm": "fgsm", "pgds20": "pgd20"}
 
 
-def run_demo(tmp_path, data) -> subprocess.CompletedProcess:
+def run_demo(tmp_path, data, **env) -> subprocess.CompletedProcess:
     env = dict(os.environ, DEMO_REAL_DIR=str(tmp_path / "out"), IGAM_REAL_DATA=str(data),
-               DEMO_REAL_TINY="1", DEMO_REAL_SEED="3", OMP_NUM_THREADS="1")
+               DEMO_REAL_TINY="1", DEMO_REAL_SEED="3", OMP_NUM_THREADS="1", **env)
     return subprocess.run(["bash", str(REPO / "scripts/demo_real.sh")], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=1200)
 
@@ -33,9 +37,13 @@ def config(run_dir: Path) -> dict:
 
 
 def test_demo_real_script_end_to_end(real_data, tmp_path):
-    proc = run_demo(tmp_path, real_data)
+    proc = run_demo(tmp_path, real_data, DEMO_REAL_VALIDATE="1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "out"
+    # validation mode: CIFAR-10 is the real training set less 100 held-out images per class
+    holdout = json.loads((out / "validation_data" / "HOLDOUT.json").read_text())
+    assert (holdout["n_train"], holdout["n_validation"], holdout["seed"]) == (4000, 1000, 0)
+    assert holdout["source"] == str(real_data.resolve())
     results = json.loads((out / "results.json").read_text())
     assert list(results) == list(PAIRS)
     for pair, (test_name, src_classes, tgt_classes) in PAIRS.items():
@@ -67,6 +75,7 @@ def test_demo_real_script_end_to_end(real_data, tmp_path):
             assert all(0.0 <= v <= 100.0 for k, v in entry.items() if k != "alignment")
             cfg = config(d)
             assert cfg["seed"] == 3 and cfg["data"]["classes"] == (tgt_classes or [])
+            assert cfg["data"]["root"] == str(out / "validation_data")
             assert load_checkpoint(d)["step"] == 2
             assert json.loads((d / "eval_clean.json").read_text())
         alignment = json.loads((out / pair / "input_gradients.json").read_text())
@@ -77,6 +86,8 @@ def test_demo_real_script_end_to_end(real_data, tmp_path):
         assert (out / pair / "input_gradients.png").stat().st_size > 1000
         src = config(out / pair / "source")
         assert src["seed"] == 3 and src["data"]["classes"] == (src_classes or [])
+        assert src["data"]["root"] == (str(out / "validation_data") if src_classes
+                                       else str(real_data / "tiny-imagenet-200"))
         assert src["data"]["dataset"] == ("cifar10" if src_classes else "tinyimagenet")
         teacher = load_checkpoint(out / pair / "finetuned_teacher")
         assert teacher["arch"]["upresize_to"] == (None if src_classes else 64)
