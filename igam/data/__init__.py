@@ -8,8 +8,8 @@
 - ``igam.data.synthetic``: writers of small synthetic datasets in the official file formats.
 - ``igam.data.holdout``: a validation split of a CIFAR-10 training set, in the official layout.
 
-Names are imported lazily (PEP 562), so ``python -m igam.data.synthetic`` / ``holdout`` and the file loaders
-do not pay for importing torch.
+Names are imported lazily (PEP 562), so ``python -m igam.data.synthetic`` / ``holdout`` and the
+file loaders do not pay for importing torch.
 """
 
 from importlib import import_module
