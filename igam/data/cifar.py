@@ -281,3 +281,42 @@ def images_to_cifar_rows(images: np.ndarray) -> np.ndarray:
     """uint8 (N, 32, 32, 3) NHWC -> uint8 (N, 3072) rows of R, G, B planes (official b'data')."""
     images = np.asarray(images, dtype=np.uint8)
     return np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(images.shape[0], -1))
+
+
+def write_cifar10_folder(
+    root: PathLike,
+    train: ArrayDataset,
+    test: ArrayDataset,
+    test_batch_label: str = "testing batch 1 of 1",
+) -> None:
+    """Write ``train`` / ``test`` into the existing folder ``root`` in the CIFAR-10 python
+    layout: ``data_batch_1..5`` (``train`` in order, split as evenly as possible),
+    ``test_batch`` and ``batches.meta`` (the class names of ``train``). Both datasets need
+    ``filenames`` (stored as b'filenames')."""
+    root = Path(root)
+
+    def write(path: Path, label: str, ds: ArrayDataset) -> None:
+        if ds.filenames is None:
+            raise ValueError(f"{ds.name}: a CIFAR batch needs file names")
+        write_cifar_batch(
+            path,
+            {
+                b"batch_label": label.encode(),
+                b"labels": [int(v) for v in ds.labels],
+                b"data": images_to_cifar_rows(ds.images),
+                b"filenames": [name.encode() for name in ds.filenames],
+            },
+        )
+
+    parts = np.array_split(np.arange(len(train)), len(CIFAR10_TRAIN_FILES))
+    for i, (fname, idx) in enumerate(zip(CIFAR10_TRAIN_FILES, parts), 1):
+        write(root / fname, f"training batch {i} of {len(parts)}", train.subset(idx))
+    write(root / "test_batch", test_batch_label, test)
+    write_cifar_batch(
+        root / "batches.meta",
+        {
+            b"num_cases_per_batch": len(parts[0]),
+            b"label_names": [n.encode() for n in train.class_names],
+            b"num_vis": 3072,
+        },
+    )

@@ -22,12 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from igam.data.cifar import (
-    CIFAR10_TRAIN_FILES,
-    images_to_cifar_rows,
-    load_cifar10,
-    write_cifar_batch,
-)
+from igam.data.cifar import load_cifar10, write_cifar10_folder
 from igam.data.datasets import PathLike
 from igam.errors import ConfigError, IGAMError
 
@@ -59,32 +54,12 @@ def write_cifar10_holdout(root: PathLike, out: PathLike, per_class: int, seed: i
                 f"expected 1 <= per_class < {len(idx)}"
             )
         held[rng.choice(idx, size=per_class, replace=False)] = True
-    names = train.filenames or [f"train_{i:05d}" for i in range(len(train))]
-    out.mkdir(parents=True, exist_ok=True)
-
-    def write(path: Path, label: str, sel: np.ndarray) -> None:
-        write_cifar_batch(
-            path,
-            {
-                b"batch_label": label.encode(),
-                b"labels": [int(v) for v in train.labels[sel]],
-                b"data": images_to_cifar_rows(train.images[sel]),
-                b"filenames": [names[i].encode() for i in sel],
-            },
-        )
-
+    if train.filenames is None:  # the official batches have them; name the others by position
+        train.filenames = [f"train_{i:05d}" for i in range(len(train))]
     keep = np.flatnonzero(~held)
-    for i, part in enumerate(np.array_split(keep, len(CIFAR10_TRAIN_FILES)), 1):
-        write(out / CIFAR10_TRAIN_FILES[i - 1], f"training batch {i} of 5", part)
-    write(out / "test_batch", "validation batch (held-out training images)", np.flatnonzero(held))
-    write_cifar_batch(
-        out / "batches.meta",
-        {
-            b"num_cases_per_batch": int(-(-len(keep) // len(CIFAR10_TRAIN_FILES))),
-            b"label_names": [n.encode() for n in train.class_names],
-            b"num_vis": 3072,
-        },
-    )
+    out.mkdir(parents=True, exist_ok=True)
+    write_cifar10_folder(out, train.subset(keep), train.subset(np.flatnonzero(held)),
+                         test_batch_label="validation batch (held-out training images)")
     record = {
         "source": str(Path(root).expanduser().resolve()),
         "seed": seed,

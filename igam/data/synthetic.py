@@ -47,8 +47,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
-from igam.data.cifar import CIFAR10_TRAIN_FILES, images_to_cifar_rows, write_cifar_batch
-from igam.data.datasets import PathLike
+from igam.data.cifar import images_to_cifar_rows, write_cifar10_folder, write_cifar_batch
+from igam.data.datasets import ArrayDataset, PathLike
 from igam.errors import ConfigError, IGAMError
 
 MARKER = "SYNTHETIC.json"
@@ -254,10 +254,6 @@ def _write_marker(root: Path, dataset: str, seed: int, style: SyntheticStyle, **
     (root / MARKER).write_text(json.dumps(record, indent=2) + "\n")
 
 
-def _split_counts(n: int, parts: int) -> List[int]:
-    return [n // parts + (i < n % parts) for i in range(parts)]
-
-
 def write_synthetic_cifar10(
     root: PathLike, n_train: int = 5000, n_test: int = 1000, seed: int = 0, **style
 ) -> Path:
@@ -273,40 +269,14 @@ def write_synthetic_cifar10(
     root = _prepare_root(root)
     names = [f"class{k:02d}" for k in range(10)]
     rng = np.random.default_rng([seed, _TAGS["cifar10"], 0x1AB])
-    splits = (
-        ("train", 0, balanced_labels(n_train, 10, rng)),
-        ("test", 1, balanced_labels(n_test, 10, rng)),
-    )
-    for split, split_id, labels in splits:
-        images = render_split(labels, 32, "cifar10", seed, split_id, st)
-        files = CIFAR10_TRAIN_FILES if split == "train" else ("test_batch",)
-        counts = _split_counts(len(labels), len(files))
-        start = 0
-        for i, (fname, count) in enumerate(zip(files, counts), 1):
-            sl = slice(start, start + count)
-            start += count
-            write_cifar_batch(
-                root / fname,
-                {
-                    b"batch_label": (
-                        f"training batch {i} of 5" if split == "train" else "testing batch 1 of 1"
-                    ).encode(),
-                    b"labels": [int(v) for v in labels[sl]],
-                    b"data": images_to_cifar_rows(images[sl]),
-                    b"filenames": [
-                        f"synthetic_{split}_{j:05d}_{names[labels[j]]}.png".encode()
-                        for j in range(sl.start, sl.stop)
-                    ],
-                },
-            )
-    write_cifar_batch(
-        root / "batches.meta",
-        {
-            b"num_cases_per_batch": _split_counts(n_train, 5)[0],
-            b"label_names": [n.encode() for n in names],
-            b"num_vis": 3072,
-        },
-    )
+    splits = {}
+    for split, split_id, n in (("train", 0, n_train), ("test", 1, n_test)):
+        labels = balanced_labels(n, 10, rng)
+        splits[split] = ArrayDataset(
+            render_split(labels, 32, "cifar10", seed, split_id, st), labels, names,
+            filenames=[f"synthetic_{split}_{j:05d}_{names[y]}.png" for j, y in enumerate(labels)],
+        )
+    write_cifar10_folder(root, splits["train"], splits["test"])
     _write_marker(root, "cifar10", seed, st, n_train=n_train, n_test=n_test, num_classes=10)
     return root
 
