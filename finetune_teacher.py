@@ -16,14 +16,14 @@ features its head was trained on; clean accuracy is reported in both BN modes.
 
 from __future__ import annotations
 
-from igam import distributed, engine, schemas
-from igam.cli import run_main
-from igam.config import load_config
 from igam.data import TrainBatches
 from igam.errors import CheckpointError
 from igam.models import Teacher, WideResNet
 from igam.objective import random_pert
-from igam.rundir import prepare_run_dir
+from igam.run import distributed, engine, schemas
+from igam.run.cli import run_main
+from igam.run.config import load_config
+from igam.run.rundir import prepare_run_dir
 from igam.training import HeadFinetuner
 
 

@@ -22,20 +22,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from igam import autoattack, engine, precision, schemas
-from igam.advfiles import save_adversarial
 from igam.attacks import make_attack
-from igam.cli import run_main
-from igam.config import load_config
 from igam.data import eval_batches
-from igam.files import write_json
+from igam.eval import advfiles, autoattack
+from igam.eval.advfiles import save_adversarial
+from igam.run import engine, precision, schemas
+from igam.run.cli import run_main
+from igam.run.config import load_config
+from igam.run.files import write_json
 
 
 def main(argv=None):
     cfg = load_config(schemas.ATTACK, argv, schemas.ATTACK_CHOICES,
                       ranges=schemas.ATTACK_RANGES, prog="pgd_attack.py", description=__doc__)
     device = engine.setup(cfg)
-    model, test, path, _ = engine.load_attack_target(cfg, device)
+    model, test, path, _ = advfiles.load_attack_target(cfg, device)
     a = dict(cfg["attack"])
     prec = precision.from_config(cfg["precision"])  # bf16 / channels_last / compile: opt-in
     fast = precision.compiled(precision.wrap(model, prec), prec)

@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from igam import engine, precision, schemas
-from igam.advfiles import adversarial_batches, load_adversarial
-from igam.cli import run_main
-from igam.config import load_config
 from igam.data import eval_batches
-from igam.files import atomic_write, atomic_write_text, write_json
+from igam.eval import advfiles
+from igam.eval.advfiles import adversarial_batches, load_adversarial
+from igam.run import engine, precision, schemas
+from igam.run.cli import run_main
+from igam.run.config import load_config
+from igam.run.files import atomic_write, atomic_write_text, write_json
 from igam.training import evaluate
 
 
@@ -29,7 +30,7 @@ def main(argv=None):
     cfg = load_config(schemas.ATTACK, argv, schemas.ATTACK_CHOICES,
                       ranges=schemas.ATTACK_RANGES, prog="run_attack.py", description=__doc__)
     device = engine.setup(cfg)
-    model, test, path, norm = engine.load_attack_target(cfg, device)
+    model, test, path, norm = advfiles.load_attack_target(cfg, device)
     eps = float(cfg["attack"]["eps"])
     x_adv = load_adversarial(path, test.images, eps, norm)
     prec = precision.from_config(cfg["precision"])  # bf16 / channels_last / compile: opt-in

@@ -14,13 +14,13 @@ training forward passes; ``precision.compile`` compiles the attack's and evaluat
 
 from __future__ import annotations
 
-from igam import distributed, engine, precision, schemas
 from igam.attacks import PGD
-from igam.cli import run_main
-from igam.config import load_config
 from igam.data import TrainBatches
 from igam.models import WideResNet
-from igam.rundir import prepare_run_dir
+from igam.run import distributed, engine, precision, schemas
+from igam.run.cli import run_main
+from igam.run.config import load_config
+from igam.run.rundir import prepare_run_dir
 from igam.training import ClassifierTrainer
 
 

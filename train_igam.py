@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import torch
 
-from igam import distributed, engine, schemas
-from igam.cli import run_main
-from igam.config import load_config
 from igam.data import TrainBatches
 from igam.models import InputGradientDiscriminator, WideResNet
 from igam.objective import IGAMSettings, IGAMTrainer
-from igam.rundir import prepare_run_dir
+from igam.run import distributed, engine, schemas
+from igam.run.cli import run_main
+from igam.run.config import load_config
+from igam.run.rundir import prepare_run_dir
 
 
 def main(argv=None):

@@ -7,7 +7,7 @@
    ratio ours(early stop) / torchattacks (goal <= 0.6) and the accuracy under each attack
    (goal: early stop's accuracy equal or lower).
 2. Cross-check of the AutoAttack path: APGD-CE (100 iterations, 1 restart, rho 0.75) through
-   ``igam.autoattack`` (official pyautoattack) against ``torchattacks.APGD`` with the same
+   ``igam.eval.autoattack`` (official pyautoattack) against ``torchattacks.APGD`` with the same
    settings: robust accuracies agree within noise (two standard errors of the difference).
 3. Standard AutoAttack (all four sub-attacks, full cost) on the first ``--aa_examples`` held-out
    images, timed against our early-stopping PGD-20 on the same images.
@@ -39,12 +39,12 @@ import torch  # noqa: E402
 
 from bench import common  # noqa: E402
 from bench.bench_pgd import Scale255, synthetic_data  # noqa: E402
-from igam import autoattack  # noqa: E402
 from igam.attacks import PGD  # noqa: E402
 from igam.data import (
     TrainBatches,  # noqa: E402
     load_cifar10,  # noqa: E402
 )
+from igam.eval import autoattack  # noqa: E402
 from igam.models import WideResNet  # noqa: E402
 from igam.training import ClassifierTrainer  # noqa: E402
 
@@ -175,7 +175,7 @@ def main(argv=None) -> dict:
               "pyautoattack": getattr(pyautoattack, "__version__", None)}
     common.write_result(args.out_dir, "eval", device, result, args.tag)  # part 1 kept if cut
 
-    # 2. APGD-CE: igam.autoattack (pyautoattack) vs torchattacks.APGD
+    # 2. APGD-CE: igam.eval.autoattack (pyautoattack) vs torchattacks.APGD
     apgd = None
     if pyautoattack is not None:
         s = autoattack.settings_from_config({"eps": 8.0, "attacks": ["apgd-ce"],
@@ -196,7 +196,7 @@ def main(argv=None) -> dict:
             gap = apgd["ours_accuracy"] - theirs_acc
             apgd.update(theirs_accuracy=theirs_acc, theirs_seconds=ta_t, accuracy_gap=gap,
                         accuracy_gap_2se=two_se, agree=abs(gap) <= max(two_se, 1.0 / n))
-            print(f"\nAPGD-CE {args.apgd_steps} steps: igam.autoattack (pyautoattack) "
+            print(f"\nAPGD-CE {args.apgd_steps} steps: igam.eval.autoattack (pyautoattack) "
                   f"{apgd['ours_accuracy']:.3f} ({t:.1f} s) vs torchattacks.APGD "
                   f"{theirs_acc:.3f} ({ta_t:.1f} s): gap {gap:+.3f}, 2 s.e. {two_se:.3f}: "
                   f"{'agree within noise' if apgd['agree'] else 'DISAGREE'}")

@@ -32,8 +32,8 @@ if str(REPO) not in sys.path:  # ``python bench/x.py`` puts bench/, not the repo
 
 import torch  # noqa: E402
 
-from igam.device import resolve_device, set_fidelity  # noqa: E402
 from igam.models import DEBUG_WIDTHS, PAPER_WIDTHS  # noqa: E402
+from igam.run.device import resolve_device, set_fidelity  # noqa: E402
 
 RESULTS_DIR = REPO / "bench" / "results"
 WIDTH_PRESETS = {"debug": tuple(DEBUG_WIDTHS), "paper": tuple(PAPER_WIDTHS)}

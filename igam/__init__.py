@@ -5,8 +5,21 @@ Conventions everywhere: images are float tensors NCHW with pixels in [0, 255] (e
 step = 2 are on that scale); labels are int64 (B,); every function keeps tensors on the device
 of its inputs. Files keep the original's formats (adversarial examples: float32 NHWC .npy).
 
+Layout by role (docs/layout.md); imports point down, from the tools to the method:
+
+* the method, at the top of the package: ``models``, ``objective`` (the IGAM loss),
+  ``gradients``, ``attacks``, ``training``, ``optim``, ``ops``, ``data/`` (and ``errors``,
+  shared by all). It imports nothing from the three folders below.
+* ``igam.run`` - the run machinery of the entry scripts: config and schemas, engine (setup,
+  loading, the training loop), checkpoints, run folders, distributed, device, precision,
+  seeding, files, cli.
+* ``igam.eval`` - evaluation tools: AutoAttack, gradient-masking checks, input-gradient
+  pictures and alignment, report, figures, adversarial-example files.
+* ``igam.tf`` - the original's TensorFlow checkpoints: reading and conversion.
+
 Public API (import from the submodules):
 
+--- the method ---
 igam.models
     WideResNet(num_classes, widths=(16,160,320,640), units_per_stage=5,
                standardization='zero_mean_l2')       x (B,3,H,W) [0,255] -> logits (B,K);
@@ -23,6 +36,7 @@ igam.ops
     upresize(x (B,C,H,W), size) -> (B,C,size,size)   TF1 legacy bilinear, differentiable
     BatchNorm2d / BatchNorm1d (eps 1e-3, momentum 0.1, ``stats`` switch), set_bn_stats,
     frozen_bn_stats(module)                   context: batch statistics, no buffer updated
+    unwrap(module)                            the module inside DDP / compile / precision wrappers
 igam.gradients
     input_gradient(model, x, y, create_graph=False) -> (B,3,H,W)   d sum softmax[y] / dx
     cosine_per_example(g_a, g_b) -> (B,) float64      NaN where a gradient is exactly zero
@@ -45,16 +59,6 @@ igam.attacks
         early_stop=False)
     FGSM(model, eps=8), PGDL2(model, eps, step_size, steps, ...), make_attack(cfg, model)
                                               attack(x (B,3,H,W) [0,255], y) -> x_adv, detached
-igam.autoattack (needs the optional pyautoattack)
-    settings_from_config(attack_cfg, seed, batch_size) -> Settings; Scale01(model)
-    run(model, x (N,3,H,W) [0,255], y, settings, device) -> (x_adv [0,255], report dict)
-igam.sanity / igam.visualize / igam.figures  (also ``python -m igam.sanity`` / ``.visualize``)
-    sanity.measure(model, data, settings, device) -> accuracies; sanity.judge(result, settings)
-                                              -> [{"check", "status" pass|FLAG|not run, "detail"}]
-    visualize.gradient_alignment(teacher, {name: student}, data, batch_size, device)
-                                              -> {name: {"mean_cosine", "std_cosine", "n", ...}}
-    visualize.display_gradients(g, clip_std=3) -> (B,3,H,W) in [0,1]   per-image display scaling
-    figures.labelled_grid(cells, nrow, row_labels, col_labels), figures.line_chart(...) -> PIL
 igam.data
     load_dataset('cifar10'|'cifar100'|'tinyimagenet', root) -> (train, test) ArrayDataset
                                               .images uint8 (N,H,W,3) NHWC, .labels int64 (N,)
@@ -65,16 +69,34 @@ igam.data
                                               class subset, original classes[i] -> label i
     igam.data.synthetic: write_synthetic_cifar10 / _cifar100 / _tinyimagenet (official formats)
     igam.data.holdout: write_cifar10_holdout(root, out, per_class, seed) (validation split)
-igam.tfcheckpoint / igam.convert
-    read_tf_checkpoint(path) -> {name: np.ndarray}; model_from_tf(variables, arch) -> nn.Module
-igam.config / igam.checkpoint / igam.engine; run-time plumbing: igam.seeding, igam.device,
-igam.files (atomic writes, JSON), igam.rundir (run folder, metrics log), igam.cli (error guard)
+--- the run machinery ---
+igam.run.config / igam.run.schemas / igam.run.checkpoint / igam.run.engine; run-time plumbing:
+igam.run.seeding, igam.run.device, igam.run.files (atomic writes, JSON), igam.run.rundir (run
+folder, metrics log), igam.run.cli (error guard)
     load_config(defaults, argv, choices, ranges=...), save_checkpoint / load_checkpoint
     (atomic, weights_only), seed_everything, resolve_device, MetricsLogger, engine.fit /
     Checkpointer, engine.save_input_gradients (float32 NHWC .npy of a whole dataset)
-igam.distributed / igam.precision
-    torchrun/DDP helpers (init, wrap, unwrap, is_main, rank_seed); Precision(autocast='none'|
+igam.run.distributed / igam.run.precision
+    torchrun/DDP helpers (init, wrap, is_main, rank_seed); Precision(autocast='none'|
     'bf16', channels_last, compile) for adversarial training, attacks and evaluation
+--- evaluation ---
+igam.eval.autoattack (needs the optional pyautoattack)
+    settings_from_config(attack_cfg, seed, batch_size) -> Settings; Scale01(model)
+    run(model, x (N,3,H,W) [0,255], y, settings, device) -> (x_adv [0,255], report dict)
+igam.eval.sanity / igam.eval.visualize / igam.eval.figures
+    (also ``python -m igam.eval.sanity`` / ``python -m igam.eval.visualize``)
+    sanity.measure(model, data, settings, device) -> accuracies; sanity.judge(result, settings)
+                                              -> [{"check", "status" pass|FLAG|not run, "detail"}]
+    visualize.gradient_alignment(teacher, {name: student}, data, batch_size, device)
+                                              -> {name: {"mean_cosine", "std_cosine", "n", ...}}
+    visualize.display_gradients(g, clip_std=3) -> (B,3,H,W) in [0,1]   per-image display scaling
+    figures.labelled_grid(cells, nrow, row_labels, col_labels), figures.line_chart(...) -> PIL
+igam.eval.advfiles / igam.eval.report
+    save_adversarial / load_adversarial (the original's NHWC .npy files), load_attack_target;
+    ``python -m igam.eval.report`` (tables of results, --summarize over seeds)
+--- the original's checkpoints ---
+igam.tf.reader / igam.tf.convert
+    read_tf_checkpoint(path) -> {name: np.ndarray}; model_from_tf(variables, arch) -> nn.Module
 igam.errors
     IGAMError and its kinds (DataError, ConfigError, CheckpointError, AttackFileError,
     MissingDependencyError):

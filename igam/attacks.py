@@ -228,7 +228,7 @@ class Attack:
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """Model logits (B, K). Reduced precision, if any, is the model's own
-        (``igam.precision.PrecisionForward``)."""
+        (``igam.run.precision.PrecisionForward``)."""
         return self.model(x)
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

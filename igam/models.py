@@ -17,7 +17,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from igam import schemas
 from igam.errors import CheckpointError
 from igam.ops import (
     STANDARDIZATIONS,
@@ -202,9 +201,6 @@ class Teacher(nn.Module):
             p.requires_grad_(False)
 
 
-_DISC = schemas.IGAM["discriminator"]
-
-
 class InputGradientDiscriminator(nn.Module):
     """Discriminator that tells student input gradients (label 0) from teacher ones (label 1).
 
@@ -220,17 +216,15 @@ class InputGradientDiscriminator(nn.Module):
 
     Shapes: g_student, g_teacher (B, 3, S, S) -> logits (2B, 2), student rows first.
 
-    The defaults are those of train_igam.py's config (``igam.schemas.IGAM['discriminator']``,
-    the Tiny-ImageNet -> CIFAR-10 pair's 4 layers of base 8), with the default student's
-    ``zero_mean_l2``; :meth:`from_config` builds one from a config section.
+    The defaults are the Tiny-ImageNet -> CIFAR-10 pair's 4 layers of base 8 with the default
+    student's ``zero_mean_l2``; train_igam.py's config takes its defaults from this signature
+    (``igam.run.schemas``), and :meth:`from_config` builds one from a config section.
     """
 
     def __init__(self, image_size: int = 32,
-                 num_conv_layers: int = _DISC["num_conv_layers"],
-                 base_channels: int = _DISC["base_channels"],
-                 only_fully_connected: bool = _DISC["only_fully_connected"],
-                 num_fc_layers: int = _DISC["num_fc_layers"],
-                 avg_pool: bool = _DISC["avg_pool"], standardization: str = "zero_mean_l2"):
+                 num_conv_layers: int = 4, base_channels: int = 8,
+                 only_fully_connected: bool = False, num_fc_layers: int = 3,
+                 avg_pool: bool = False, standardization: str = "zero_mean_l2"):
         super().__init__()
         self.arch = {"type": "discriminator", "image_size": int(image_size),
                      "num_conv_layers": int(num_conv_layers), "base_channels": int(base_channels),

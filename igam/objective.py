@@ -24,10 +24,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from igam import schemas
-from igam.distributed import unwrap
 from igam.gradients import input_gradient, input_gradient_from_logits
-from igam.optim import PiecewiseConstant, adam, set_lr, sgd
+from igam.ops import unwrap
+from igam.optim import PAPER_LR_SCHEDULE, PiecewiseConstant, adam, set_lr, sgd
 
 
 def random_pert(x: torch.Tensor, eps: float, generator: torch.Generator | None = None):
@@ -75,25 +74,23 @@ def student_loss(student: nn.Module, discriminator: nn.Module, x: torch.Tensor,
             "disc_accuracy": disc_acc, "g_student": g_s}
 
 
-_IGAM, _TRAIN = schemas.IGAM["igam"], schemas.IGAM["train"]
-
-
 @dataclass
 class IGAMSettings:
-    """Hyper-parameters of an IGAM run (names of the original's config_igam.py). Defaults are
-    train_igam.py's config defaults (``igam.schemas.IGAM``); :meth:`from_config` takes them
-    from a resolved config's ``igam`` and ``train`` sections by name."""
+    """Hyper-parameters of an IGAM run (names of the original's config_igam.py), with the
+    paper's Tiny-ImageNet -> CIFAR-10 values as defaults; train_igam.py's config takes its
+    ``igam`` defaults from here (``igam.run.schemas``), and :meth:`from_config` takes the
+    values of a resolved config's ``igam`` and ``train`` sections by name."""
 
-    beta: float = _IGAM["beta"]
-    gamma: float = _IGAM["gamma"]
-    weight_decay: float = _TRAIN["weight_decay"]
-    momentum: float = _TRAIN["momentum"]
-    lr_schedule: tuple = tuple(tuple(p) for p in _TRAIN["lr_schedule"])
-    disc_update_steps: int = _IGAM["disc_update_steps"]
-    steps_before_adv_opt: int = _IGAM["steps_before_adv_opt"]
-    img_random_pert: bool = _IGAM["img_random_pert"]
-    eps: float = _IGAM["eps"]
-    same_optimizer: bool = _IGAM["same_optimizer"]
+    beta: float = 5.0
+    gamma: float = 10.0
+    weight_decay: float = 2e-4
+    momentum: float = 0.9
+    lr_schedule: tuple = PAPER_LR_SCHEDULE
+    disc_update_steps: int = 5
+    steps_before_adv_opt: int = 280000
+    img_random_pert: bool = False
+    eps: float = 8.0
+    same_optimizer: bool = True
     disc_adam_lr: float = 1e-3  # the original's Adam for the discriminator (not a flag)
 
     @classmethod
@@ -120,10 +117,10 @@ class IGAMTrainer:
     global step, as the original's shared ``learning_rate`` tensor - or Adam(1e-3); either
     minimises D_xent + weight_decay * the discriminator's conv/FC weight term.
 
-    Data parallel (``igam.distributed``): g_s is taken with ``torch.autograd.grad`` w.r.t. x
+    Data parallel (``igam.run.distributed``): g_s is taken with ``torch.autograd.grad`` w.r.t. x
     only, which fires no DDP hook; the student's ``backward(inputs=student params)`` fires the
     student wrapper's all-reduce only, the discriminator's ordinary ``backward`` its own. The
-    update equals the average over ranks of each rank's gradient (tests/test_distributed.py).
+    update equals the average over ranks of each rank's gradient (tests/run/test_distributed.py).
     The L2 term is a per-rank batch sum, so ranks average per-rank sums.
 
     Args:

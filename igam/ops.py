@@ -144,7 +144,7 @@ class _StatsSwitch:
     channel mean: the output and its gradients are unchanged by a constant shift). PyTorch's
     vectorised (AVX2) CPU batch-norm kernel loses precision on channels whose mean is large
     against their spread: float32 input gradients through it differed from TensorFlow's
-    float32 (and from float64) by up to 7% of their largest value (tests/test_convert.py);
+    float32 (and from float64) by up to 7% of their largest value (tests/tf/test_convert.py);
     centred, they agree to ~1e-6, at ~1.25x the kernel's cost. GPUs use the kernel as is. The
     running mean gets the shift back, so the running averages are nn.BatchNorm's.
     """
@@ -185,7 +185,7 @@ class BatchNorm2d(_StatsSwitch, nn.BatchNorm2d):
     """TF ``contrib.layers.batch_norm`` (decay 0.9, eps 1e-3, center, scale) on NCHW maps.
 
     Normalises with the biased batch variance, stores the unbiased one in the running average,
-    exactly as ``nn.BatchNorm2d`` (verified against TF: tests/test_convert.py).
+    exactly as ``nn.BatchNorm2d`` (verified against TF: tests/tf/test_convert.py).
     """
 
     def __init__(self, num_features: int):
@@ -283,3 +283,14 @@ def upresize(x: torch.Tensor, size: int) -> torch.Tensor:
     mh = _legacy_bilinear_matrix(h, size, x.device, x.dtype)
     mw = mh if w == h else _legacy_bilinear_matrix(w, size, x.device, x.dtype)
     return torch.einsum("oh,bchw,pw->bcop", mh, x, mw)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / precision / torch.compile wrappers."""
+    while True:
+        inner = getattr(module, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            inner = module.__dict__.get("_modules", {}).get("module")
+        if not isinstance(inner, nn.Module):
+            return module
+        module = inner

@@ -68,6 +68,11 @@ def adam(module: nn.Module, lr: float = 1e-3, weight_decay: float = 2e-4) -> tor
     return torch.optim.Adam([g for g in groups if g["params"]], lr=lr)
 
 
+PAPER_LR_SCHEDULE = ((0.0, 0.1), (160000.0, 0.01), (240000.0, 0.001))
+"""The paper's learning rate, ((step, lr), ...): 0.1, divided by 10 at 160k and 240k steps of
+320k (adversarial training of the source model and IGAM alike)."""
+
+
 class PiecewiseConstant:
     """``tf.train.piecewise_constant`` on the global step.
 

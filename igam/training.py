@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from igam import distributed
 from igam.ops import frozen_bn_stats, model_mode, set_bn_stats
 from igam.optim import PiecewiseConstant, set_lr, sgd, weight_decay_loss
 
@@ -31,7 +31,7 @@ class ClassifierTrainer:
     forward (``attack.steps + 1`` times per step).
 
     Data parallel / precision: ``model`` may be a DistributedDataParallel and/or
-    ``igam.precision`` wrapper (the step's forward then runs e.g. under bf16 autocast, the loss
+    ``igam.run.precision`` wrapper (the step's forward then runs e.g. under bf16 autocast, the loss
     and backward stay fp32); give the attack the model without the DDP wrapper, since its
     gradients w.r.t. the input are not to be synchronised.
 
@@ -89,7 +89,7 @@ class HeadFinetuner:
     ``wd * w`` is rescaled by Adam like any other), so the source head's weight, which the
     target logits do not use, is still decayed; its bias gets no gradient and is frozen.
     The teacher's BatchNorm runs as its ``bn`` setting says ('batch' in the original).
-    ``wrap`` (e.g. ``igam.distributed.wrap``) is applied to the teacher after freezing, so
+    ``wrap`` (e.g. ``igam.run.distributed.wrap``) is applied to the teacher after freezing, so
     that DistributedDataParallel synchronises only the trained parameters.
     """
 
@@ -167,7 +167,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, progress=None) -> int:
     switch cleared; afterwards the switches are restored and the model is left in eval mode.
     Returns the number of batches used.
 
-    Data parallel: give each rank its own share of the batches (``igam.engine.shard_batches``);
+    Data parallel: give each rank its own share of the batches (``igam.run.engine.shard_batches``);
     the per-rank averages are then combined, weighted by their batch counts (collective), so
     every rank ends with the average over all batches. Returns the total count.
     """
@@ -186,13 +186,16 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, progress=None) -> int:
         finally:
             for m in bns:
                 m.momentum = momenta[m]
-    if distributed.info().enabled:
-        (total,) = distributed.all_reduce_sum([count])
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        device = bns[0].running_mean.device if bns else torch.device("cpu")
+        total_t = torch.tensor([float(count)], dtype=torch.float64, device=device)
+        dist.all_reduce(total_t)
+        total = int(total_t.item())
         for m in bns:
             for buf in (m.running_mean, m.running_var):
                 buf.mul_(count / max(total, 1))
-                torch.distributed.all_reduce(buf)
-            m.num_batches_tracked.fill_(int(total))
-        count = int(total)
+                dist.all_reduce(buf)
+            m.num_batches_tracked.fill_(total)
+        count = total
     model.eval()
     return count

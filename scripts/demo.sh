@@ -3,8 +3,8 @@
 #   synthetic TinyImageNet (source) + CIFAR-10 (target) -> adversarial training of the source
 #   model -> finetuned teacher (32 -> 64 upresize) -> IGAM student and a baseline student
 #   trained identically with beta = gamma = 0 -> FGSM and PGD-20 -> input-gradient picture and
-#   alignment (python -m igam.visualize) -> gradient-masking checks and robustness curve
-#   (python -m igam.sanity) -> one table, also written to models/demo/results.json.
+#   alignment (python -m igam.eval.visualize) -> gradient-masking checks and robustness curve
+#   (python -m igam.eval.sanity) -> one table, also written to models/demo/results.json.
 # Usage: bash scripts/demo.sh            (from anywhere; DEMO_DIR=... to put runs elsewhere)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,19 +71,19 @@ for model in teacher finetuned_teacher igam_student baseline_student; do
 done
 
 # 7. input gradients of the teacher and both students: picture + alignment (mean cosine)
-$PY -m igam.visualize --config configs/visualize.yaml --device cpu \
+$PY -m igam.eval.visualize --config configs/visualize.yaml --device cpu \
   --teacher_dir "$OUT/finetuned_teacher" --student_dir "$OUT/igam_student" \
   --student_dir "$OUT/baseline_student" --out "$OUT/input_gradients.png"
 
 # 8. gradient-masking checks and the robustness curve of the CIFAR-10 models
-$PY -m igam.sanity --config configs/sanity.yaml --device cpu \
+$PY -m igam.eval.sanity --config configs/sanity.yaml --device cpu \
   --model_dir "$OUT/finetuned_teacher" --model_dir "$OUT/igam_student" \
   --model_dir "$OUT/baseline_student" --sanity.num_examples ${DEMO_SANITY_EXAMPLES:-50} \
   --sanity.square_queries ${DEMO_SQUARE_QUERIES:-300} ${DEMO_SANITY_ARGS:-} \
   --out "$OUT/sanity.json" --curve "$OUT/robustness_curve.png"
 
 # 9. one table
-$PY -m igam.report "$OUT" --rows teacher finetuned_teacher igam_student baseline_student \
+$PY -m igam.eval.report "$OUT" --rows teacher finetuned_teacher igam_student baseline_student \
   --attacks fgsm pgds20 --alignment "$OUT/input_gradients.json" --out "$OUT/results.json"
 echo "demo finished in $(( $(date +%s) - start )) s; results in $OUT/results.json," \
   "pictures $OUT/input_gradients.png and $OUT/robustness_curve.png"

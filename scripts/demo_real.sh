@@ -6,7 +6,7 @@
 # For each pair: PGD adversarial training of the source model -> teacher head finetuning on the
 # target task -> an IGAM student and a baseline student trained identically with
 # beta = gamma = 0 -> FGSM and PGD-20 on the target test set, AutoAttack (a reduced standard
-# version, on the first test images) -> input-gradient picture and alignment (igam.visualize).
+# version, on the first test images) -> input-gradient picture and alignment (igam.eval.visualize).
 # One table (clean / FGSM / PGD-20 / AutoAttack accuracy, %, and alignment), also written to
 # models/demo_real/results.json as
 # {pair: {finetuned_teacher | igam_student | baseline_student:
@@ -45,7 +45,7 @@ if [ -n "${DEMO_REAL_SEEDS:-}" ]; then
     DEMO_REAL_SEEDS="" DEMO_REAL_SEED=$s DEMO_REAL_DIR=$OUT/seed_$s bash "$ROOT/scripts/demo_real.sh"
     files+=("$OUT/seed_$s/results.json")
   done
-  $PY -m igam.report --summarize "${files[@]}" --out "$OUT/summary.json"
+  $PY -m igam.eval.report --summarize "${files[@]}" --out "$OUT/summary.json"
   echo "demo_real ($DEMO_REAL_SEEDS) finished in $(( $(date +%s) - start )) s; summary in $OUT/summary.json"
   exit 0
 fi
@@ -134,7 +134,7 @@ run_pair() {
 # input gradients of the teacher and both students: picture + alignment (mean cosine over the
 # evaluated test images), $1/input_gradients.png and .json
 gradient_picture() {
-  $PY -m igam.visualize --config configs/visualize.yaml --device cpu --seed "$SEED" \
+  $PY -m igam.eval.visualize --config configs/visualize.yaml --device cpu --seed "$SEED" \
     --teacher_dir "$1/finetuned_teacher" --student_dir "$1/igam_student" \
     --student_dir "$1/baseline_student" --alignment.num_examples "$NEVAL" \
     --out "$1/input_gradients.png" > /dev/null
@@ -156,7 +156,7 @@ run_pair cifar10_0-4_to_5-9 configs/advtrain_cifar10.yaml \
 
 # 4. one table
 PAIRS=("$OUT/tinyimagenet_to_cifar10" "$OUT/cifar10_0-4_to_5-9")
-$PY -m igam.report "${PAIRS[@]}" \
+$PY -m igam.eval.report "${PAIRS[@]}" \
   --rows finetuned_teacher igam_student baseline_student --attacks "${ATTACKS[@]}" \
   --alignment "${PAIRS[0]}/input_gradients.json" "${PAIRS[1]}/input_gradients.json" \
   --out "$OUT/results.json"

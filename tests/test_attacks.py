@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from igam.attacks import FGSM, PGD, PGDL2, Attack, cw_loss, make_attack, xent_loss
 from igam.errors import ConfigError
-from igam.precision import PrecisionForward
+from igam.run.precision import PrecisionForward
 
 # ----------------------------------------------------------------------------------------------
 # Small models defined here (images (B, 3, H, W) in [0, 255] -> logits)
@@ -685,7 +685,7 @@ def test_early_stop_needs_independent_examples():
 
 
 def test_adversarial_training_pgd_does_not_early_stop():
-    from igam import schemas
+    from igam.run import schemas
 
     # the class default is the original's final-iterate PGD, and training has no such key
     assert PGD(_tiny_net()).early_stop is False and FGSM(_tiny_net()).early_stop is False

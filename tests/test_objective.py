@@ -219,8 +219,8 @@ def test_teacher_gradient_does_not_change_teacher(bn):
 def test_settings_and_discriminator_defaults_are_the_config_defaults():
     """One source of truth: IGAMSettings and InputGradientDiscriminator default to the values
     of train_igam.py's config schema, and from_config reads those sections by name."""
-    from igam import schemas
-    from igam.config import load_config
+    from igam.run import schemas
+    from igam.run.config import load_config
 
     cfg = load_config(schemas.IGAM, [], schemas.IGAM_CHOICES, ranges=schemas.IGAM_RANGES)
     assert IGAMSettings.from_config(cfg) == IGAMSettings(lr_schedule=cfg["train"]["lr_schedule"])

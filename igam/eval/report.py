@@ -1,0 +1,170 @@
+"""Collect the run_attack.py results of several models into one table (used by the demos).
+
+    python -m igam.eval.report models/demo --rows teacher igam_student --attacks fgsm pgds20 \
+        --alignment models/demo/input_gradients.json --out models/demo/results.json
+
+Reads ``<dir>/<row>/eval_<attack>.json`` (written by run_attack.py) and prints
+clean / per-attack accuracy in percent; writes ``{row: {"clean": %, "<attack>": %}}``.
+Attack names ``pgds20`` are reported as ``pgd20`` (the original's names carry an 's').
+With several folders (e.g. one per transfer pair, scripts/demo_real.sh) the same rows are
+read from each: one table with rows ``<folder name>/<row>``, and the JSON is nested,
+``{folder name: {row: {...}}}``.
+``--alignment`` (JSONs of ``python -m igam.eval.visualize``, one per folder) adds the column
+``alignment``: a student's mean cosine similarity with the teacher's input gradients, 1 for
+the teacher's own row (trivially), null ("-") for the other rows.
+
+    python -m igam.eval.report --summarize seed_0/results.json seed_1/results.json \
+        --out summary.json
+
+summarises repeated runs (seeds) of one table: every cell becomes its mean, population std,
+min, max and values (printed as mean+-std); the JSON is ``{"runs": [files], "summary": ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from igam.errors import IGAMError
+from igam.run.cli import run_main
+from igam.run.files import write_json
+
+
+def column(attack: str) -> str:
+    return attack.replace("pgds", "pgd")
+
+
+def collect(run_dir: Path, rows: list[str], attacks: list[str]) -> dict:
+    table = {}
+    for row in rows:
+        entry = {}
+        for attack in attacks:
+            path = run_dir / row / f"eval_{attack}.json"
+            if not path.is_file():
+                raise IGAMError(f"{path} not found: run run_attack.py for {row} / {attack} first")
+            res = json.loads(path.read_text())
+            entry.setdefault("clean", round(100 * res["clean_accuracy"], 2))
+            entry[column(attack)] = round(100 * res["adv_accuracy"], 2)
+        table[row] = entry
+    return table
+
+
+def read_alignment(path: Path) -> dict:
+    """The JSON of ``python -m igam.eval.visualize`` at ``path`` (one-line errors)."""
+    if not path.is_file():
+        raise IGAMError(f"{path} not found: run python -m igam.eval.visualize first")
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise IGAMError(f"{path} is not valid JSON") from None
+
+
+def add_alignment(table: dict, alignment: dict, path: Path) -> dict:
+    """Add the ``alignment`` column of an igam.eval.visualize JSON to each row of ``table``."""
+    try:
+        students = {name: r["mean_cosine"] for name, r in alignment["students"].items()}
+        teacher = alignment["teacher"]
+    except (KeyError, TypeError, AttributeError):
+        raise IGAMError(f"{path} is not an alignment JSON of "
+                        "python -m igam.eval.visualize") from None
+    for row, entry in table.items():
+        value = 1.0 if row == teacher else students.get(row)
+        entry["alignment"] = None if value is None else round(float(value), 4)
+    return table
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Mean and spread over repeated runs (e.g. seeds) of the same table: every number of the
+    tables (nested alike) becomes ``{"mean", "std" (population), "min", "max", "values"}``;
+    ``None`` values (e.g. the alignment of a row without one) stay None."""
+    first = runs[0]
+    if isinstance(first, dict):
+        if any(not isinstance(r, dict) or list(r) != list(first) for r in runs):
+            raise IGAMError("the results to summarise do not have the same rows and columns")
+        return {k: summarize([r[k] for r in runs]) for k in first}
+    if any(v is None for v in runs):
+        return None
+    values = [float(v) for v in runs]
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+    return {"mean": round(mean, 4), "std": round(std, 4), "min": min(values),
+            "max": max(values), "values": values}
+
+
+def _cell(column: str, value) -> str:
+    if value is None:
+        return f"{'-':>7}"
+    if isinstance(value, dict):  # a summary: mean +- std
+        return (f"{value['mean']:.3f}+-{value['std']:.3f}" if column == "alignment"
+                else f"{value['mean']:.2f}+-{value['std']:.2f}")
+    return f"{value:>7.3f}" if column == "alignment" else f"{value:>6.2f}%"
+
+
+def format_table(table: dict) -> str:
+    cols = list(next(iter(table.values())).keys()) if table else []
+    width = max([len(r) for r in table] + [5])
+    widths = [max([len(c), 7] + [len(_cell(c, e[c])) for e in table.values()]) for c in cols]
+    lines = [f"{'model':<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cols, widths))]
+    for row, entry in table.items():
+        lines.append(f"{row:<{width}}  " + "  ".join(
+            f"{_cell(c, entry[c]):>{w}}" for c, w in zip(cols, widths)))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m igam.eval.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dirs", type=Path, nargs="*", metavar="run_dir")
+    p.add_argument("--summarize", type=Path, nargs="+", default=None, metavar="RESULTS_JSON",
+                   help="instead of run folders: results.json files of repeated runs (e.g. "
+                        "seeds); writes their mean and spread")
+    p.add_argument("--rows", nargs="+", default=None)
+    p.add_argument("--attacks", nargs="+", default=["fgsm", "pgds20"])
+    p.add_argument("--alignment", type=Path, nargs="+", default=None,
+                   help="JSONs of python -m igam.eval.visualize (one per run folder): adds the "
+                        "alignment column")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.summarize:
+        runs = []
+        for path in args.summarize:
+            if not path.is_file():
+                raise IGAMError(f"{path} not found: run the experiment for it first")
+            runs.append(json.loads(path.read_text()))
+        result = summarize(runs)
+        nested = all(isinstance(v, dict) and "mean" not in v
+                     for rows in result.values() for v in rows.values())
+        table = ({f"{g}/{r}": e for g, rows in result.items() for r, e in rows.items()}
+                 if nested else result)
+        print(f"mean +- std over {len(runs)} runs")
+        print(format_table(table))
+        if args.out is not None:
+            write_json(args.out, {"runs": [str(p) for p in args.summarize], "summary": result})
+        return
+    if not args.run_dirs or not args.rows:
+        raise IGAMError("igam.eval.report needs run folders and --rows (or --summarize FILES)")
+    if args.alignment and len(args.alignment) != len(args.run_dirs):
+        raise IGAMError(f"--alignment needs one JSON per run folder ({len(args.run_dirs)}), "
+                        f"got {len(args.alignment)}")
+    groups = {}
+    for i, run_dir in enumerate(args.run_dirs):
+        rows = collect(run_dir, args.rows, args.attacks)
+        if args.alignment:
+            add_alignment(rows, read_alignment(args.alignment[i]), args.alignment[i])
+        groups[run_dir.name] = rows
+    if len(args.run_dirs) == 1:
+        table = result = groups[args.run_dirs[0].name]
+    else:
+        if len(groups) < len(args.run_dirs):
+            raise IGAMError("the run folders given to igam.eval.report must have distinct names")
+        result = groups
+        table = {f"{group}/{row}": entry for group, rows in result.items()
+                 for row, entry in rows.items()}
+    print(format_table(table))
+    if args.out is not None:
+        write_json(args.out, result)
+
+
+if __name__ == "__main__":
+    run_main(main)

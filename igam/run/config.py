@@ -1,0 +1,650 @@
+"""Configs of the entry scripts: schema defaults < YAML file(s) < command-line overrides.
+
+Each entry script declares a SCHEMA, a nested dict of defaults. The schema is the source of
+truth for the allowed keys and their types::
+
+    DEFAULTS = {
+        "seed": 0,
+        "device": "auto",
+        "resume": False,
+        "data": {"dataset": "cifar10", "root": "datasets/cifar10"},
+        "model": {"widths": [16, 160, 320, 640]},
+        "train": {"batch_size": 32, "lr_values": [0.1, 0.01, 0.001], "teacher_bn": "batch"},
+    }
+    CHOICES = {"train.teacher_bn": ["batch", "running"]}
+    cfg = load_config(DEFAULTS, sys.argv[1:], CHOICES)
+
+Command line: ``--config FILE`` (repeatable; later files win) and overrides ``--key value`` or
+``--key=value`` with dotted keys for nested entries (``--train.batch_size 32``). Values are
+parsed as YAML (``1e-3``, ``true``, ``null``, ``[1, 2]``); lists may also be written
+``16,16,32,64``. A bool key given alone is a flag: ``--resume`` sets it true, ``--no-resume``
+false. ``-h``/``--help`` lists every key with its default and exits. All files are applied
+before all command-line overrides.
+
+Type rules, by the type of the default: bool takes only true/false; int only integers; float
+takes ints and floats (and strings like ``1e-3`` that YAML 1.1 leaves as strings); str only
+strings (on the command line the text is taken verbatim); a list takes a list whose elements
+follow the type of the default's first element (any elements if the default list is empty);
+a non-empty dict is a section whose keys are checked recursively; an empty dict is a free-form
+mapping; a None default accepts anything. ``CHOICES`` restricts a key (or every element of a
+list key) to fixed values; ``RANGES`` restricts a numeric key (or every element of a list key)
+to a range, written ``">= 1"``, ``"> 0"`` or ``"[0, 1]"`` (closed interval), or ``"schedule"``:
+[step, value] pairs whose steps start at 0 and strictly increase, every value > 0.
+
+Every mistake raises :class:`igam.errors.ConfigError` with one line naming the key, where it
+came from and what was expected, with a close match for unknown keys, e.g.
+``unknown config key 'train.batchsize' in configs/igam.yaml (did you mean 'train.batch_size'?)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import yaml
+
+from igam.errors import ConfigError
+from igam.run.files import atomic_write_text
+
+CLI = "the command line"
+_RESERVED = ("config", "help")
+
+__all__ = [
+    "config_to_flat",
+    "dump_config",
+    "format_help",
+    "load_config",
+    "load_yaml_file",
+    "merge_config",
+    "save_config",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# YAML
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys in a mapping (PyYAML silently keeps the last)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
+    loader.flatten_mapping(node)
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, (str, int, float, bool)) and key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen[key] = True
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _yaml_error(exc: yaml.YAMLError, where: str) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    position = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return ConfigError(f"{where} is not valid YAML: {problem}{position}")
+
+
+def load_yaml_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML config file into a dict (an empty file gives ``{}``).
+
+    Missing or unreadable files, syntax errors (with line and column), duplicate keys and a
+    top level that is not a mapping raise ConfigError naming the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} is not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"cannot read config file {path}: {reason}") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, f"config file {path}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path} must hold a mapping of config keys at the top level, "
+            f"got a {_type_name(data)}"
+        )
+    return data
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists, paths -> str, recursively, so configs dump to and load from YAML."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def dump_config(cfg: Mapping[str, Any]) -> str:
+    """The config as YAML text (key order kept, short lists inline)."""
+    return yaml.safe_dump(
+        _plain(cfg), sort_keys=False, default_flow_style=None, allow_unicode=True, width=100
+    )
+
+
+def save_config(cfg: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write the resolved config to ``path`` as YAML, atomically; return the path.
+
+    The file is a valid ``--config`` file for the same script (it reproduces ``cfg``).
+    """
+    path = Path(path)
+    atomic_write_text(path, dump_config(cfg))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Flat views
+
+
+def config_to_flat(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``. Empty dicts stay leaves."""
+    flat: dict[str, Any] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(config_to_flat(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _all_keys(schema: Mapping[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in schema.items():
+        name = f"{prefix}{key}"
+        keys.append(name)
+        if _is_section(value):
+            keys.extend(_all_keys(value, name + "."))
+    return keys
+
+
+def _is_section(default: Any) -> bool:
+    return isinstance(default, Mapping) and len(default) > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Type checking and merging
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    if isinstance(value, Mapping):
+        return "mapping"
+    return type(value).__name__
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 60 else repr(value[:57]) + "..."
+    text = json.dumps(_plain(value)) if _jsonable(value) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(_plain(value))
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _where(source: str) -> str:
+    return f"on {source}" if source == CLI else f"in {source}"
+
+
+class _Context:
+    """What the checker needs to word its messages."""
+
+    def __init__(self, schema: Mapping[str, Any], source: str, choices: Mapping[str, Any],
+                 ranges: Mapping[str, str] | None = None):
+        self.schema = schema
+        self.source = source
+        self.choices = choices
+        self.ranges = ranges or {}
+
+    def bad(self, key: str, expected: str, value: Any, hint: str = "") -> ConfigError:
+        return ConfigError(
+            f"config key '{key}' {_where(self.source)}: expected {expected}, "
+            f"got {_show(value)}{hint}"
+        )
+
+    def unknown(self, key: str) -> ConfigError:
+        candidates = _all_keys(self.schema)
+        suffix = [c for c in candidates if c.endswith("." + key.split(".")[-1]) and c != key]
+        close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+        match = close[0] if close else (suffix[0] if len(suffix) == 1 else None)
+        hint = f" (did you mean '{match}'?)" if match else ""
+        return ConfigError(f"unknown config key '{key}' {_where(self.source)}{hint}")
+
+
+def _coerce(value: Any, default: Any, key: str, ctx: _Context) -> Any:
+    """Check ``value`` against the type of ``default``; return the value to store."""
+    if default is None:
+        return copy.deepcopy(_plain(value))
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise ctx.bad(key, "true or false", value)
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ctx.bad(key, "an integer", value)
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ctx.bad(key, "a number", value)
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        hint = " (quote it to make it a string)" if isinstance(value, (bool, int, float)) else ""
+        raise ctx.bad(key, "a string", value, hint)
+    if isinstance(default, (list, tuple)):
+        if not isinstance(value, (list, tuple)):
+            raise ctx.bad(key, "a list", value)
+        element_default = default[0] if len(default) else None
+        return [_coerce(v, element_default, f"{key}[{i}]", ctx) for i, v in enumerate(value)]
+    if isinstance(default, Mapping):
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            raise ctx.bad(key, "a mapping", value)
+        return copy.deepcopy(_plain(value))
+    raise ValueError(f"config schema default of '{key}' has unsupported type {_type_name(default)}")
+
+
+def _check_choice(key: str, value: Any, ctx: _Context) -> None:
+    if key not in ctx.choices:
+        return
+    allowed = list(ctx.choices[key])
+    for item in value if isinstance(value, list) else [value]:
+        if item in allowed:
+            continue
+        options = ", ".join(str(a) for a in allowed)
+        close = difflib.get_close_matches(str(item), [str(a) for a in allowed], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(
+            f"config key '{key}' {_where(ctx.source)}: expected one of {options}, "
+            f"got {_show(item)}{hint}"
+        )
+
+
+def _range_test(spec: str) -> Callable[[Any], bool]:
+    """The predicate of a RANGES entry (see the module docstring); ValueError if malformed."""
+    text = spec.replace(" ", "")
+    if text == "schedule":
+        return _is_schedule
+    if text.startswith("[") and text.endswith("]") and text.count(",") == 1:
+        lo, hi = (float(v) for v in text[1:-1].split(","))
+        return lambda v: lo <= v <= hi
+    for op, test in ((">=", lambda v, b: v >= b), (">", lambda v, b: v > b)):
+        if text.startswith(op):
+            bound = float(text[len(op):])
+            return lambda v, test=test, bound=bound: test(v, bound)
+    raise ValueError(f"RANGES entry {spec!r} is not '>= x', '> x', '[a, b]' or 'schedule'")
+
+
+def _is_schedule(value: Any) -> bool:
+    if not isinstance(value, list) or not value:
+        return False
+    if not all(isinstance(p, list) and len(p) == 2 for p in value):
+        return False
+    steps = [p[0] for p in value]
+    return (steps[0] == 0 and all(a < b for a, b in zip(steps, steps[1:]))
+            and all(p[1] > 0 for p in value))
+
+
+def _range_words(spec: str, value: Any) -> str:
+    if spec.replace(" ", "") == "schedule":
+        return ("a list of [step, value] pairs whose steps start at 0 and strictly increase, "
+                "every value > 0")
+    kind = "an integer" if isinstance(value, int) and not isinstance(value, bool) else "a number"
+    spec = spec.strip()
+    return f"{kind} in {spec}" if spec.startswith("[") else f"{kind} {spec}"
+
+
+def _check_range(key: str, value: Any, ctx: _Context) -> None:
+    spec = ctx.ranges.get(key)
+    if spec is None:
+        return
+    test = _range_test(spec)
+    if spec.replace(" ", "") == "schedule":
+        if not test(value):
+            raise ctx.bad(key, _range_words(spec, value), value)
+        return
+    items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+    for index, item in items:
+        if not test(item):
+            name = key if index is None else f"{key}[{index}]"
+            raise ctx.bad(name, _range_words(spec, item), item)
+
+
+def _merge_into(
+    cfg: dict[str, Any],
+    update: Mapping[str, Any],
+    schema: Mapping[str, Any],
+    prefix: str,
+    ctx: _Context,
+) -> None:
+    for raw_key, value in update.items():
+        key = str(raw_key)
+        name = f"{prefix}{key}"
+        if key not in schema:
+            raise ctx.unknown(name)
+        default = schema[key]
+        if _is_section(default):
+            if value is None:
+                continue
+            if not isinstance(value, Mapping):
+                raise ctx.bad(name, "a mapping (a section of keys)", value)
+            _merge_into(cfg[key], value, default, name + ".", ctx)
+            continue
+        value = _coerce(value, default, name, ctx)
+        if isinstance(default, Mapping) and isinstance(cfg.get(key), Mapping):
+            value = _deep_update(copy.deepcopy(dict(cfg[key])), value)  # free-form: merge
+        cfg[key] = value
+        _check_choice(name, cfg[key], ctx)
+        _check_range(name, cfg[key], ctx)
+
+
+def _deep_update(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), Mapping):
+            base[key] = _deep_update(dict(base[key]), value)
+        else:
+            base[key] = value
+    return base
+
+
+def merge_config(
+    cfg: Mapping[str, Any],
+    update: Mapping[str, Any],
+    schema: Mapping[str, Any],
+    source: str,
+    choices: Mapping[str, Sequence[Any]] | None = None,
+    ranges: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Return a copy of ``cfg`` with the nested ``update`` applied, checked against ``schema``
+    (types), ``choices`` and ``ranges``.
+
+    ``source`` names where ``update`` came from in error messages (a file path, or
+    ``igam.run.config.CLI``).
+    """
+    result = copy.deepcopy(dict(cfg))
+    _merge_into(result, update, schema, "", _Context(schema, source, choices or {}, ranges))
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def _schema_default(schema: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
+    """(found, default) for a dotted key; keys inside a free-form mapping have default None."""
+    node: Any = schema
+    for part in dotted.split("."):
+        if isinstance(node, Mapping) and not node:  # free-form mapping: anything goes below
+            return True, None
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _parse_cli_value(raw: str, default: Any) -> Any:
+    """Parse the text of ``--key TEXT`` according to the default's type."""
+    if isinstance(default, str):
+        return raw
+    if isinstance(default, (list, tuple)):
+        text = raw.strip()
+        element = default[0] if len(default) else None
+        if text.startswith("["):
+            try:
+                return yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise _yaml_error(exc, f"the value {text!r} on the command line") from None
+        if text == "":
+            return []
+        parts = [p.strip() for p in text.split(",")]
+        if isinstance(element, str):
+            return parts
+        return [_parse_scalar(p) for p in parts]
+    if isinstance(default, Mapping):
+        try:
+            return yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise _yaml_error(exc, f"the value {raw!r} on the command line") from None
+    return _parse_scalar(raw)
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    parts = dotted.split(".")
+    nested: dict[str, Any] = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
+        nested = {part: nested}
+    return nested
+
+
+def _split_argv(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str | None]], bool]:
+    """Split argv into config files, (key, raw value or None for a bare flag), and help."""
+    files: list[str] = []
+    items: list[tuple[str, str | None]] = []
+    want_help = False
+    tokens = list(argv)
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        index += 1
+        if token in ("-h", "--help"):
+            want_help = True
+            continue
+        if not token.startswith("--") or token == "--":
+            raise ConfigError(
+                f"unexpected command-line argument {token!r}; options look like "
+                "--key value or --key=value"
+            )
+        body = token[2:]
+        if "=" in body:
+            key, raw = body.split("=", 1)
+        elif index < len(tokens) and not tokens[index].startswith("--"):
+            key, raw = body, tokens[index]
+            index += 1
+        else:
+            key, raw = body, None
+        if key == "config":
+            if raw is None or raw == "":
+                raise ConfigError("--config on the command line needs a file name")
+            files.append(raw)
+        else:
+            items.append((key, raw))
+    return files, items, want_help
+
+
+def _cli_update(
+    key: str, raw: str | None, schema: Mapping[str, Any], ctx: _Context
+) -> dict[str, Any]:
+    """Turn one command-line item into a nested update dict."""
+    found, default = _schema_default(schema, key)
+    if not found and "-" in key:
+        alt = key.replace("-", "_")
+        found, default = _schema_default(schema, alt)
+        key = alt if found else key
+    if raw is None:
+        if found and isinstance(default, bool):
+            return _nest(key, True)
+        for prefix in ("no-", "no_"):
+            if not found and key.startswith(prefix):
+                base = key[len(prefix) :]
+                base_found, base_default = _schema_default(schema, base)
+                if not base_found and "-" in base:
+                    base = base.replace("-", "_")
+                    base_found, base_default = _schema_default(schema, base)
+                if base_found and isinstance(base_default, bool):
+                    return _nest(base, False)
+                if base_found:
+                    raise ConfigError(
+                        f"--{key} on the command line: --no- works only for true/false keys, "
+                        f"and '{base}' is not one"
+                    )
+        if not found:
+            raise ctx.unknown(key)
+        raise ConfigError(f"--{key} on the command line needs a value")
+    if not found:
+        raise ctx.unknown(key)
+    return _nest(key, _parse_cli_value(raw, default))
+
+
+def _validate_schema(schema: Mapping[str, Any], choices: Mapping[str, Sequence[Any]],
+                     ranges: Mapping[str, str]) -> None:
+    for reserved in _RESERVED:
+        if reserved in schema:
+            raise ValueError(f"config schema may not define the key '{reserved}'")
+    for key, allowed in choices.items():
+        found, default = _schema_default(schema, key)
+        if not found:
+            raise ValueError(f"CHOICES names '{key}', which is not in the config schema")
+        for item in default if isinstance(default, (list, tuple)) else [default]:
+            if item is not None and item not in list(allowed):
+                raise ValueError(f"default {item!r} of '{key}' is not among its CHOICES")
+    for key, spec in ranges.items():
+        found, default = _schema_default(schema, key)
+        if not found:
+            raise ValueError(f"RANGES names '{key}', which is not in the config schema")
+        try:
+            _check_range(key, _plain(default), _Context(schema, "the schema", {}, ranges))
+        except ConfigError:
+            raise ValueError(f"default {default!r} of '{key}' is outside its range {spec!r}") \
+                from None
+
+
+def format_help(
+    defaults: Mapping[str, Any],
+    choices: Mapping[str, Sequence[Any]] | None = None,
+    key_help: Mapping[str, str] | None = None,
+    prog: str | None = None,
+    description: str | None = None,
+    ranges: Mapping[str, str] | None = None,
+) -> str:
+    """The ``--help`` text: usage, then every config key with its default (as YAML/JSON)."""
+    choices = choices or {}
+    ranges = ranges or {}
+    key_help = key_help or {}
+    prog = prog or Path(sys.argv[0]).name or "script"
+    lines = [f"usage: {prog} [-h] [--config FILE] [--KEY VALUE | --KEY=VALUE ...]", ""]
+    if description:
+        lines += [description.strip(), ""]
+    lines += [
+        "options:",
+        "  -h, --help          show this help and exit",
+        "  --config FILE       YAML file of config values (repeatable; later files win)",
+        "",
+        "config keys and defaults (override with --key value; nested keys are dotted;",
+        "a bool key alone is a flag: --key / --no-key; lists as 1,2,3 or [1,2,3]):",
+    ]
+    flat = config_to_flat(defaults)
+    width = min(max((len(k) for k in flat), default=0) + 2, 34)
+    for key, value in flat.items():
+        text = json.dumps(_plain(value)) if _jsonable(value) else repr(value)
+        extra = []
+        if key in choices:
+            extra.append("one of: " + ", ".join(str(c) for c in choices[key]))
+        if key in ranges:
+            extra.append(ranges[key])
+        if key in key_help:
+            extra.append(key_help[key])
+        line = f"  --{key:<{width}} {text}"
+        if extra:
+            line += "   # " + "; ".join(extra)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def load_config(
+    defaults: Mapping[str, Any],
+    argv: Sequence[str] | None = None,
+    choices: Mapping[str, Sequence[Any]] | None = None,
+    *,
+    ranges: Mapping[str, str] | None = None,
+    key_help: Mapping[str, str] | None = None,
+    prog: str | None = None,
+    description: str | None = None,
+    repeatable: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Resolve a config: ``defaults`` < each ``--config`` file in order < command-line overrides.
+
+    ``argv`` defaults to ``sys.argv[1:]``. ``choices`` maps dotted keys to allowed values,
+    ``ranges`` to allowed ranges (see the module docstring); ``key_help`` maps dotted keys to
+    one-line help shown by ``--help`` (which prints and raises ``SystemExit(0)``).
+    ``repeatable`` names list keys whose command-line occurrences accumulate
+    (``--model_dir a --model_dir b`` gives ``[a, b]``, replacing the files' value) instead of
+    the last one winning. Returns a fresh nested dict (tuples in the defaults become lists).
+    Invalid input raises :class:`ConfigError` (see the module docstring).
+    """
+    choices = dict(choices or {})
+    ranges = dict(ranges or {})
+    _validate_schema(defaults, choices, ranges)
+    files, items, want_help = _split_argv(sys.argv[1:] if argv is None else argv)
+    if want_help:
+        sys.stdout.write(format_help(defaults, choices, key_help, prog, description, ranges))
+        sys.stdout.flush()
+        raise SystemExit(0)
+    cfg = _plain(copy.deepcopy(dict(defaults)))
+    for file in files:
+        cfg = merge_config(cfg, load_yaml_file(file), defaults, str(file), choices, ranges)
+    ctx = _Context(defaults, CLI, choices, ranges)
+    gathered: dict[str, list[Any]] = {}
+    for key, raw in items:
+        if key in repeatable and raw is not None:
+            value = _cli_update(key, raw, defaults, ctx)
+            for part in key.split("."):
+                value = value[part]
+            gathered.setdefault(key, []).extend(value if isinstance(value, list) else [value])
+            update = _nest(key, list(gathered[key]))
+        else:
+            update = _cli_update(key, raw, defaults, ctx)
+        cfg = merge_config(cfg, update, defaults, CLI, choices, ranges)
+    return cfg

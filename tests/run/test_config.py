@@ -1,0 +1,314 @@
+"""Tests of igam.run.config: schema-checked YAML + command-line config resolution."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from igam.errors import ConfigError
+from igam.run import schemas
+from igam.run.config import (
+    config_to_flat,
+    load_config,
+    load_yaml_file,
+    save_config,
+)
+
+DEFAULTS = {
+    "seed": 0,
+    "device": "auto",
+    "resume": False,
+    "data": {"dataset": "cifar10", "root": "datasets/cifar10"},
+    "model": {"widths": (16, 160, 320, 640), "units_per_stage": 5},
+    "train": {
+        "batch_size": 32,
+        "lr_values": [0.1, 0.01, 0.001],
+        "beta": 2.0,
+        "teacher_bn": "batch",
+        "img_random_pert": False,
+    },
+    "eval": {"attacks": ["pgd"]},
+    "extra": {},
+    "teacher_path": None,
+}
+CHOICES = {"train.teacher_bn": ["batch", "running"], "eval.attacks": ["pgd", "fgsm", "cw"]}
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_only_returns_fresh_copy_with_lists():
+    cfg = load_config(DEFAULTS, [], CHOICES)
+    assert cfg["train"]["batch_size"] == 32
+    assert cfg["model"]["widths"] == [16, 160, 320, 640]  # tuple default becomes a list
+    cfg["train"]["batch_size"] = 1
+    assert DEFAULTS["train"]["batch_size"] == 32  # defaults untouched
+
+
+def test_dotted_and_list_overrides_and_yaml_values():
+    cfg = load_config(
+        DEFAULTS,
+        [
+            "--train.batch_size", "64",
+            "--model.widths", "16,16,32,64",
+            "--train.lr_values=[0.5, 1e-3, 2]",
+            "--train.beta", "1e-3",  # YAML 1.1 leaves this a string; float keys accept it
+            "--seed=7",
+            "--data.root", "123",  # str keys take the text verbatim
+            "--eval.attacks", "pgd,fgsm",
+            "--teacher_path", "models/t",
+            "--extra.depth", "3",
+            "--extra.name=x",
+        ],
+        CHOICES,
+    )  # fmt: skip
+    assert cfg["train"]["batch_size"] == 64
+    assert cfg["model"]["widths"] == [16, 16, 32, 64]
+    assert cfg["train"]["lr_values"] == [0.5, 0.001, 2.0]
+    assert all(isinstance(v, float) for v in cfg["train"]["lr_values"])
+    assert cfg["train"]["beta"] == pytest.approx(1e-3)
+    assert cfg["seed"] == 7
+    assert cfg["data"]["root"] == "123"
+    assert cfg["eval"]["attacks"] == ["pgd", "fgsm"]
+    assert cfg["teacher_path"] == "models/t"
+    assert cfg["extra"] == {"depth": 3, "name": "x"}
+
+
+def test_bool_flags():
+    assert load_config(DEFAULTS, ["--resume"])["resume"] is True
+    assert load_config(DEFAULTS, ["--resume", "--seed", "1"])["resume"] is True
+    assert load_config(DEFAULTS, ["--resume", "false"])["resume"] is False
+    assert load_config(DEFAULTS, ["--train.img_random_pert"])["train"]["img_random_pert"] is True
+    cfg = load_config(DEFAULTS, ["--resume", "--no-resume"])
+    assert cfg["resume"] is False
+    with pytest.raises(ConfigError, match="needs a value"):
+        load_config(DEFAULTS, ["--seed"])
+    with pytest.raises(ConfigError, match="only for true/false"):
+        load_config(DEFAULTS, ["--no-seed"])
+
+
+def test_merge_order_defaults_file_cli(tmp_path):
+    base = write(tmp_path / "base.yaml", "seed: 1\ntrain:\n  batch_size: 16\n  beta: 5\n")
+    second = write(tmp_path / "second.yaml", "train:\n  beta: 7.5\n")
+    cfg = load_config(DEFAULTS, ["--train.batch_size", "8", "--config", base], CHOICES)
+    assert cfg["seed"] == 1  # file beats default
+    assert cfg["train"]["batch_size"] == 8  # CLI beats file, whatever the argv order
+    assert cfg["train"]["beta"] == 5.0 and isinstance(cfg["train"]["beta"], float)
+    assert cfg["train"]["lr_values"] == [0.1, 0.01, 0.001]  # untouched keys keep defaults
+    cfg = load_config(DEFAULTS, ["--config", base, "--config=" + second])
+    assert cfg["train"]["beta"] == 7.5  # later file wins
+    assert cfg["train"]["batch_size"] == 16
+
+
+def test_unknown_key_in_yaml_names_file_and_close_match(tmp_path):
+    path = write(tmp_path / "igam.yaml", "train:\n  batchsize: 32\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(DEFAULTS, ["--config", path])
+    message = str(info.value)
+    assert "'train.batchsize'" in message
+    assert path in message
+    assert "did you mean 'train.batch_size'" in message
+    assert "\n" not in message
+
+
+def test_unknown_key_on_cli_with_close_match():
+    with pytest.raises(ConfigError) as info:
+        load_config(DEFAULTS, ["--train.batchsize", "3"])
+    message = str(info.value)
+    assert "unknown config key 'train.batchsize'" in message
+    assert "command line" in message and "did you mean 'train.batch_size'" in message
+    with pytest.raises(ConfigError, match="did you mean 'train.batch_size'"):
+        load_config(DEFAULTS, ["--batch_size", "3"])
+    with pytest.raises(ConfigError, match="unknown config key 'nothing_like_it'"):
+        load_config(DEFAULTS, ["--nothing_like_it", "3"])
+
+
+@pytest.mark.parametrize(
+    "argv, key, expected",
+    [
+        (["--train.batch_size", "3.5"], "train.batch_size", "an integer"),
+        (["--train.batch_size", "true"], "train.batch_size", "an integer"),
+        (["--train.beta", "fast"], "train.beta", "a number"),
+        (["--resume", "maybe"], "resume", "true or false"),
+        (["--model.widths", "16,x,32"], "model.widths[1]", "an integer"),
+        (["--train", "5"], "train", "a mapping"),
+        (["--train.teacher_bn", "runing"], "train.teacher_bn", "one of batch, running"),
+        (["--eval.attacks", "pgd,fgms"], "eval.attacks", "one of pgd, fgsm, cw"),
+    ],
+)
+def test_wrong_type_on_cli(argv, key, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(DEFAULTS, argv, CHOICES)
+    message = str(info.value)
+    assert f"'{key}'" in message and expected in message and "command line" in message
+
+
+def test_wrong_type_in_yaml(tmp_path):
+    path = write(tmp_path / "c.yaml", "data:\n  dataset: 10\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(DEFAULTS, ["--config", path])
+    assert "'data.dataset'" in str(info.value) and "a string" in str(info.value)
+    assert path in str(info.value)
+    path = write(tmp_path / "d.yaml", "train:\n  teacher_bn: runnin\n")
+    with pytest.raises(ConfigError, match="did you mean 'running'"):
+        load_config(DEFAULTS, ["--config", path], CHOICES)
+    path = write(tmp_path / "e.yaml", "train: [1, 2]\n")
+    with pytest.raises(ConfigError, match="'train'.*a mapping"):
+        load_config(DEFAULTS, ["--config", path])
+
+
+def test_file_errors(tmp_path):
+    missing = str(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="nope.yaml does not exist"):
+        load_config(DEFAULTS, ["--config", missing])
+    bad = write(tmp_path / "bad.yaml", "seed: 1\ntrain: [1, 2\ndevice: cpu\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(DEFAULTS, ["--config", bad])
+    message = str(info.value)
+    assert bad in message and "not valid YAML" in message and "line 3" in message
+    assert "\n" not in message
+    dup = write(tmp_path / "dup.yaml", "seed: 1\nseed: 2\n")
+    with pytest.raises(ConfigError, match="duplicate key 'seed'.*line 2"):
+        load_yaml_file(dup)
+    top = write(tmp_path / "list.yaml", "- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping of config keys"):
+        load_yaml_file(top)
+    assert load_yaml_file(write(tmp_path / "empty.yaml", "# nothing\n")) == {}
+    with pytest.raises(ConfigError, match="needs a file name"):
+        load_config(DEFAULTS, ["--config"])
+    with pytest.raises(ConfigError, match="unexpected command-line argument 'stray'"):
+        load_config(DEFAULTS, ["stray"])
+
+
+def test_save_load_round_trip(tmp_path):
+    cfg = load_config(
+        DEFAULTS,
+        ["--model.widths", "16,16,32,64", "--train.beta", "1e-3", "--resume",
+         "--data.root", "123", "--extra.k", "[1, 2]"],
+    )  # fmt: skip
+    path = save_config(cfg, tmp_path / "run" / "config.yaml")
+    assert path.exists() and not list(path.parent.glob(".*tmp"))
+    assert yaml.safe_load(path.read_text()) == cfg
+    again = load_config(DEFAULTS, ["--config", str(path)])
+    assert again == cfg
+    assert isinstance(again["data"]["root"], str)
+
+
+def test_flat_view():
+    cfg = load_config(DEFAULTS, [])
+    flat = config_to_flat(cfg)
+    assert flat["train.batch_size"] == 32 and flat["data.dataset"] == "cifar10"
+    assert flat["extra"] == {}
+
+
+def test_help_lists_keys_and_exits_zero(capsys):
+    with pytest.raises(SystemExit) as info:
+        load_config(DEFAULTS, ["--seed", "1", "--help"], CHOICES, key_help={"seed": "RNG seed"})
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--train.batch_size" in out and "32" in out
+    assert "one of: batch, running" in out and "RNG seed" in out
+
+
+def test_bad_schema_is_a_programming_error():
+    with pytest.raises(ValueError, match="not in the config schema"):
+        load_config(DEFAULTS, [], {"train.nope": ["a"]})
+    with pytest.raises(ValueError, match="not among its CHOICES"):
+        load_config(DEFAULTS, [], {"train.teacher_bn": ["running"]})
+    with pytest.raises(ValueError, match="outside its range"):
+        load_config(DEFAULTS, [], ranges={"train.batch_size": "> 32"})
+    with pytest.raises(ValueError, match="RANGES entry"):
+        load_config(DEFAULTS, [], ranges={"train.batch_size": "positive"})
+
+
+# ----------------------------------------------------------------------------------------------
+# Ranges of the entry scripts' numeric keys (igam.run.schemas *_RANGES)
+
+SCRIPT_SCHEMAS = {name: (getattr(schemas, name), getattr(schemas, f"{name}_CHOICES"),
+                         getattr(schemas, f"{name}_RANGES"))
+                  for name in ("ADVTRAIN", "FINETUNE", "IGAM", "ATTACK", "SANITY", "VISUALIZE")}
+
+
+def _is_numeric(value) -> bool:
+    if isinstance(value, list):
+        return bool(value) and _is_numeric(value[0])
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _outside(spec: str, default):
+    """A value of the default's type just outside ``spec`` (and one on its bound)."""
+    text = spec.replace(" ", "")
+    if text == "schedule":
+        return [[1.0, 0.1]], [[0.0, 0.1]]
+    step = 1 if isinstance(default, int) else 0.5
+    if text.startswith("["):
+        lo, hi = (type(default)(v) for v in text[1:-1].split(","))
+        return hi + step, hi
+    bound = type(default)(float(text.lstrip(">=")))
+    return (bound - step, bound) if text.startswith(">=") else (bound, bound + step)
+
+
+RANGE_CASES = [(name, key, spec) for name, (schema, _, ranges) in SCRIPT_SCHEMAS.items()
+               for key, spec in ranges.items()]
+
+
+def test_every_numeric_key_of_every_script_has_a_range():
+    for name, (schema, _, ranges) in SCRIPT_SCHEMAS.items():
+        numeric = [k for k, v in config_to_flat(schema).items() if _is_numeric(v)]
+        assert sorted(numeric) == sorted(ranges), name
+
+
+@pytest.mark.parametrize("name,key,spec", RANGE_CASES, ids=[f"{n}:{k}" for n, k, _ in RANGE_CASES])
+def test_out_of_range_value_is_a_one_line_error_naming_the_key(name, key, spec):
+    schema, choices, ranges = SCRIPT_SCHEMAS[name]
+    default = config_to_flat(schema)[key]
+    element = default[0] if isinstance(default, list) and spec != "schedule" else default
+    bad, edge = _outside(spec, element)
+    as_text = (lambda v: json.dumps([v] * len(default))) if element is not default else json.dumps
+    cfg = load_config(schema, [f"--{key}", as_text(edge)], choices, ranges=ranges)
+    assert config_to_flat(cfg)[key] is not None  # the bound itself is accepted
+    with pytest.raises(ConfigError) as info:
+        load_config(schema, [f"--{key}", as_text(bad)], choices, ranges=ranges)
+    message = str(info.value)
+    assert "\n" not in message and f"'{key}" in message and "expected" in message
+
+
+@pytest.mark.parametrize("argv,key", [
+    (["--train.steps", "-5"], "train.steps"),
+    (["--train.lr_schedule", "[[5, 0.1]]"], "train.lr_schedule"),  # must start at step 0
+    (["--train.lr_schedule", "[[0, 0.1], [9, 0.01], [9, 0.001]]"], "train.lr_schedule"),
+    (["--train.lr_schedule", "[[0, 0.1], [9]]"], "train.lr_schedule"),
+    (["--igam.beta", "-1"], "igam.beta"),
+    (["--student.widths", "16,0,32,64"], "student.widths[1]"),
+])
+def test_igam_script_range_errors(argv, key):
+    with pytest.raises(ConfigError, match=re.escape(f"config key '{key}' on the command line")):
+        load_config(schemas.IGAM, argv, schemas.IGAM_CHOICES, ranges=schemas.IGAM_RANGES)
+
+
+def test_range_error_in_a_file_names_the_file(tmp_path):
+    bad = write(tmp_path / "bad.yaml", "train:\n  steps: 0\n")
+    with pytest.raises(ConfigError, match=re.escape(f"config key 'train.steps' in {bad}: "
+                                                    "expected an integer >= 1, got 0")):
+        load_config(schemas.IGAM, ["--config", bad], schemas.IGAM_CHOICES,
+                    ranges=schemas.IGAM_RANGES)
+
+
+def test_repeatable_list_key_accumulates_on_the_command_line(tmp_path):
+    schema = {"model_dir": ["a"], "widths": [1, 2]}
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("model_dir: [from_file]\n")
+    argv = ["--config", str(cfg_file), "--model_dir", "x", "--model_dir", "y,z",
+            "--widths", "3", "--widths", "4"]
+    cfg = load_config(schema, argv, repeatable=("model_dir",))
+    assert cfg["model_dir"] == ["x", "y", "z"]      # replaces the file's list, in order
+    assert cfg["widths"] == [4]                      # not repeatable: the last one wins
+    assert load_config(schema, ["--config", str(cfg_file)],
+                       repeatable=("model_dir",))["model_dir"] == ["from_file"]
+    with pytest.raises(ConfigError, match="needs a value"):
+        load_config(schema, ["--model_dir", "x", "--model_dir"], repeatable=("model_dir",))
