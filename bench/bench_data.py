@@ -7,7 +7,7 @@
    Repetitions are interleaved (the cache file is deleted before each ``cold`` run). The
    operating system's page cache holds the JPEG files after the warm-up run, so "cold" means
    "not yet decoded by us", not "not yet read from disk". The data is the real subset at
-   ``$IGAM_REAL_DATA/tiny-imagenet-200`` (the tests' real-image folder, README),
+   ``$IGAM_REAL_DATA/tiny-imagenet-200`` (the tests' real-image folder, README "Two commands"),
    or ``--data PATH``, or ``--data synthetic`` (written to a temporary folder with
    ``igam.data.synthetic``). ``IGAM_CACHE_DIR`` points at a temporary folder for the run, and a
    writable data folder is first copied there, so nothing is ever written next to your data.

@@ -14,7 +14,7 @@
 #
 # Usage: bash scripts/demo_real.sh   (from anywhere; <= 20 min on 2 CPU cores at the defaults)
 # Data: IGAM_REAL_DATA (default datasets/) holds cifar10/cifar-10-batches-py/ (or
-#   cifar-10-batches-py/ directly) and tiny-imagenet-200/ (README "Datasets").
+#   cifar-10-batches-py/ directly) and tiny-imagenet-200/ (docs/pipeline.md "Datasets").
 # Repeats: DEMO_REAL_SEEDS="0 1 2" runs the whole experiment once per seed (into
 #   $DEMO_REAL_DIR/seed_<s>/) and writes their mean and spread to $DEMO_REAL_DIR/summary.json.
 # Validation: DEMO_REAL_VALIDATE=1 holds out 100 CIFAR-10 training images per class

@@ -3,7 +3,7 @@
 # (requirements-dev.txt, and requirements-autoattack.txt when the repository has it), then runs
 # pytest; its exit code is this script's.
 # Usage: bash scripts/test.sh [pytest arguments]     e.g. bash scripts/test.sh -x -k config
-# Tests that need real CIFAR-10 / Tiny-ImageNet images read $IGAM_REAL_DATA (README).
+# Tests that need real CIFAR-10 / Tiny-ImageNet images read $IGAM_REAL_DATA (README, "Two commands").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}

@@ -4,7 +4,7 @@ After Athalye, Carlini & Wagner 2018 ("Obfuscated gradients give a false sense o
 and Carlini et al. 2019 ("On evaluating adversarial robustness"). Methods that shape input
 gradients, as IGAM does, are the ones whose gradients can mislead a gradient-based attack;
 each check below is a property every honestly robust model has, and a flag says where to
-look harder (README "Evaluating robustness"):
+look harder (docs/evaluation.md):
 
 - ``steps``: accuracy under L-inf PGD does not rise with more steps (5, 20, 100);
 - ``eps_monotone``: accuracy does not rise with eps (the robustness curve, clean at eps 0);

@@ -5,7 +5,7 @@ torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; :func:`init` then joins the proces
 variables, or with WORLD_SIZE 1, everything here is a no-op and the scripts run exactly as a
 single process.
 
-Conventions of the port (README "Performance"):
+Conventions of the port (docs/performance.md "Multi-GPU"):
 
 * ``train.batch_size`` is PER PROCESS; the global batch is ``world_size * batch_size``. Every
   rank draws the same permutation and takes its own slice of each global batch

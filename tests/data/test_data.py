@@ -79,7 +79,7 @@ def test_cifar10_real_counts_shapes_names(cifar10_real):
 
 
 def test_cifar10_real_known_pixels_and_labels(cifar10_real, real_data):
-    """The exact copies of official images keep their official labels and pixels (README)."""
+    """The exact copies of official images keep their official labels and pixels."""
     train, test = cifar10_real
     pos = {name: i for i, name in enumerate(train.filenames)}
     first20 = [pos[f"cifar10_train_{k:05d}_exact.png"] for k in range(20)]
@@ -130,7 +130,7 @@ def test_tinyimagenet_real(tiny_real, real_data):
         name = val.filenames[i].split("/")[-1]
         assert val.labels[i] == sorted(wnids).index(ann[name])
 
-    # grayscale files (README: 70 train + 18 val) come out as 3 equal channels
+    # grayscale files (70 train + 18 val in the real subset) come out as 3 equal channels
     for ds, expected in ((train, 70), (val, 18)):
         gray = [i for i, f in enumerate(ds.filenames) if Image.open(root / f).mode == "L"]
         assert len(gray) == expected

@@ -1,5 +1,5 @@
 """scripts/demo.sh end to end, shrunk by its environment knobs (the full demo takes ~5 min;
-its numbers are in the README). Checks the table, results.json and the pictures it produces."""
+its numbers are in docs/results.md). Checks the table, results.json and the pictures it produces."""
 
 from __future__ import annotations
 

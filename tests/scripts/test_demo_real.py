@@ -4,7 +4,7 @@ their consistency are checked), and its one-line error when the data is missing.
 
 The end-to-end run uses the validation mode (DEMO_REAL_VALIDATE=1), whose only addition to the
 default path is the held-out CIFAR-10 folder every step then reads (one run covers both; the
-README's table is the default path run at full settings)."""
+table in docs/results.md is the default path run at full settings)."""
 
 from __future__ import annotations
 
