@@ -57,6 +57,7 @@ def test_bench_train_smoke(tmp_path):
     assert _load(tmp_path, "train")["ratios"]["parts_sum_s"] == pytest.approx(r["parts_sum_s"])
 
 
+@pytest.mark.slow
 def test_bench_train_memory_probe():
     # the child side of the CPU peak-memory measurement, run in this process
     res = bench_train.main(TINY + ["--out_dir", "", "--_probe", "plain"])

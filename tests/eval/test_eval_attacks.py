@@ -35,6 +35,7 @@ def trained(tmp_path_factory):
     return w
 
 
+@pytest.mark.slow
 def test_autoattack_end_to_end_then_run_attack(trained):
     w = trained
     run("pgd_attack.py", "--config", CONFIG, "--device", "cpu", "--model_dir", "models/c10",
@@ -111,6 +112,7 @@ def test_settings_subset_and_defaults():
     assert s.attacks == ("square", "apgd-ce") and s.custom and s.reduced
 
 
+@pytest.mark.slow
 def test_bad_input_through_the_command_line(trained):
     for args, needle in ((["--attack.version", "strong"], "attack.version"),
                          (["--attack.attacks", "apgd-x"], "attack.attacks"),
@@ -196,6 +198,7 @@ def _pgd_eval(w, *args):
     return meta, ev, proc.stderr
 
 
+@pytest.mark.slow
 def test_pgd_attack_early_stops_by_default_and_not_under_bn_mode_train(trained):
     meta, ev_es, _ = _pgd_eval(trained)
     assert meta["early_stop"] is True and meta["seconds"] > 0

@@ -278,6 +278,7 @@ def _assert_states_close(got: dict, want: dict, what: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ddp_classifier_steps_match_single_process_reference(tmp_path):
     got = _spawn(_classifier_worker, tmp_path)
     want = _reference_classifier()
@@ -304,6 +305,7 @@ def test_ddp_classifier_steps_match_single_process_reference(tmp_path):
             torch.testing.assert_close(got["recal"][k], v, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_ddp_igam_iterations_match_single_process_reference(tmp_path):
     """Plain phase, then two IGAM iterations with a discriminator step each: student grads come
     from backward(inputs=student params) through the double-backward loss, all-reduced by DDP;
@@ -318,6 +320,7 @@ def test_ddp_igam_iterations_match_single_process_reference(tmp_path):
                if v.is_floating_point()) > 1e-4  # the discriminator was trained
 
 
+@pytest.mark.slow
 def test_ddp_whole_model_finetuning_matches_single_process_reference(tmp_path):
     got = _spawn(_finetune_worker, tmp_path)
     want = _reference_finetune()
@@ -372,6 +375,7 @@ def igam_setup(tmp_path_factory):
     return w, args
 
 
+@pytest.mark.slow
 def test_torchrun_train_igam_writes_rank0_files_and_resumes_exactly(igam_setup):
     w, args = igam_setup
     proc = _torchrun("train_igam.py", *args, "--model_dir", "full", "--train.steps", "6",

@@ -78,7 +78,8 @@ def test_fixture_model_is_meaningful(trained):
     assert clean >= 70 and 20 <= robust <= clean - 20  # otherwise the comparisons below say little
 
 
-@pytest.mark.parametrize("option", ["channels_last", "bf16", "compile"])
+@pytest.mark.parametrize("option", ["channels_last", "bf16",
+                                    pytest.param("compile", marks=pytest.mark.slow)])
 def test_option_runs_and_keeps_accuracy(trained, option):
     model, test, (clean, robust) = trained
     prec = precision.from_config({"autocast": "bf16" if option == "bf16" else "none",
@@ -134,6 +135,7 @@ def test_defaults_change_nothing_and_bad_values_are_refused(monkeypatch):
         forward(torch.zeros(1, 3, 32, 32))
 
 
+@pytest.mark.slow
 def test_advtrain_script_with_bf16_and_channels_last(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, "-m", "igam.data.synthetic", "--dataset", "cifar10",

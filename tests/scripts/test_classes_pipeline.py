@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import yaml
 from e2e import FAST, REPO, STUDENT, TINY, run, synth
 
@@ -44,6 +45,7 @@ def assert_one_line_error(proc, *needles: str) -> None:
         assert needle in last, last
 
 
+@pytest.mark.slow
 def test_tinyimagenet_first_k_classes_train_and_attack(real_data, tmp_path):
     """Source model on the first 10 Tiny-ImageNet classes (data.num_classes 10): 10 logits,
     mapping recorded, and the attack scripts evaluate it on the same 10 classes unasked."""
@@ -72,6 +74,7 @@ def test_tinyimagenet_first_k_classes_train_and_attack(real_data, tmp_path):
     assert res["clean_accuracy"] == np.mean(clean == sub.labels)
 
 
+@pytest.mark.slow
 def test_cifar10_source_0_4_teacher_and_student_5_9(real_data, tmp_path):
     """Transfer pair CIFAR-10 classes 0-4 -> 5-9: source model, teacher head and IGAM student
     on their subsets; the attack finds the student's subset in its checkpoint; a student on
@@ -114,6 +117,7 @@ def test_cifar10_source_0_4_teacher_and_student_5_9(real_data, tmp_path):
     assert_one_line_error(proc, "predicts 5 classes")
 
 
+@pytest.mark.slow
 def test_cifar100_subset_resumes_exactly_and_keeps_its_mapping(tmp_path):
     """A run on CIFAR-100 classes 99, 3, 42 resumed from its checkpoint ends where the
     uninterrupted run does; resuming with another subset (or none) is refused before the run

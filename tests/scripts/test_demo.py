@@ -8,11 +8,13 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_demo_script_produces_results_table(tmp_path):
     env = dict(os.environ, DEMO_DIR=str(tmp_path / "models"), DEMO_DATA=str(tmp_path / "data"),
                DEMO_CLASSES="3", DEMO_SRC_PER_CLASS="8", DEMO_SRC_VAL="4", DEMO_TGT_TRAIN="64",

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from igam.run.checkpoint import load_checkpoint
@@ -36,6 +37,7 @@ def config(run_dir: Path) -> dict:
     return yaml.safe_load((run_dir / "config.yaml").read_text())
 
 
+@pytest.mark.slow
 def test_demo_real_script_end_to_end(real_data, tmp_path):
     proc = run_demo(tmp_path, real_data, DEMO_REAL_VALIDATE="1")
     assert proc.returncode == 0, proc.stderr[-3000:]

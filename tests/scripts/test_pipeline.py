@@ -20,6 +20,9 @@ from e2e import FAST, REPO, STUDENT, TINY, run, synth
 
 from igam.run.checkpoint import load_checkpoint
 
+# Every test here runs entry scripts end to end (the module's pipeline alone takes ~30 s).
+pytestmark = pytest.mark.slow
+
 
 def metric_steps(run_dir: Path) -> list[int]:
     """Steps of the records in a run folder's metrics.jsonl, in file order."""

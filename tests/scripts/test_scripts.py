@@ -47,6 +47,7 @@ def test_ensure_requirements_installs_only_what_is_missing(python, tmp_path):
         assert log.read_text().splitlines()[-1] == f"-m pip install -r {need}"
 
 
+@pytest.mark.slow
 def test_test_script_runs_pytest_with_its_arguments_and_exit_code(python):
     exe, log = python
     proc = subprocess.run(["bash", str(REPO / "scripts/test.sh"), "-k", "no_such_test_xyz"],
