@@ -1,33 +1,37 @@
 """Configs of the entry scripts: schema defaults < YAML file(s) < command-line overrides.
 
-Each entry script declares a SCHEMA, a nested dict of defaults. The schema is the source of
-truth for the allowed keys and their types::
+Each entry script declares a :class:`Schema`: a nested dict whose leaves are :class:`Key`
+declarations (default, one line of help, and optionally choices, range, repeatable) and whose
+inner dicts are sections. The schema is the source of truth for the allowed keys, their types
+(the type of the default), allowed values and help text; the plain views ``load_config``
+works with - the nested dict of defaults, the dotted ``choices``, ``ranges`` and help - are
+derived from it::
 
-    DEFAULTS = {
-        "seed": 0,
-        "device": "auto",
-        "resume": False,
-        "data": {"dataset": "cifar10", "root": "datasets/cifar10"},
-        "model": {"widths": [16, 160, 320, 640]},
-        "train": {"batch_size": 32, "lr_values": [0.1, 0.01, 0.001], "teacher_bn": "batch"},
-    }
-    CHOICES = {"train.teacher_bn": ["batch", "running"]}
-    cfg = load_config(DEFAULTS, sys.argv[1:], CHOICES)
+    SCHEMA = Schema({
+        "seed": Key(0, "seeds python, numpy and torch", range=">= 0"),
+        "data": {"dataset": Key("cifar10", "the dataset", choices=("cifar10", "cifar100"))},
+        "train": {"batch_size": Key(32, "per process", range=">= 1"),
+                  "teacher_bn": Key("batch", "teacher BatchNorm", choices=("batch", "running"))},
+    })
+    cfg = load_config(SCHEMA, sys.argv[1:])
+
+``load_config`` also takes the plain views directly: ``load_config(defaults, argv, choices,
+ranges=..., key_help=..., repeatable=...)`` with ``defaults`` a nested dict of defaults.
 
 Command line: ``--config FILE`` (repeatable; later files win) and overrides ``--key value`` or
 ``--key=value`` with dotted keys for nested entries (``--train.batch_size 32``). Values are
 parsed as YAML (``1e-3``, ``true``, ``null``, ``[1, 2]``); lists may also be written
 ``16,16,32,64``. A bool key given alone is a flag: ``--resume`` sets it true, ``--no-resume``
-false. ``-h``/``--help`` lists every key with its default and exits. All files are applied
-before all command-line overrides.
+false. ``-h``/``--help`` lists every key with its default, allowed values and help, and exits.
+All files are applied before all command-line overrides.
 
 Type rules, by the type of the default: bool takes only true/false; int only integers; float
 takes ints and floats (and strings like ``1e-3`` that YAML 1.1 leaves as strings); str only
 strings (on the command line the text is taken verbatim); a list takes a list whose elements
 follow the type of the default's first element (any elements if the default list is empty);
 a non-empty dict is a section whose keys are checked recursively; an empty dict is a free-form
-mapping; a None default accepts anything. ``CHOICES`` restricts a key (or every element of a
-list key) to fixed values; ``RANGES`` restricts a numeric key (or every element of a list key)
+mapping; a None default accepts anything. ``choices`` restricts a key (or every element of a
+list key) to fixed values; ``range`` restricts a numeric key (or every element of a list key)
 to a range, written ``">= 1"``, ``"> 0"`` or ``"[0, 1]"`` (closed interval), or ``"schedule"``:
 [step, value] pairs whose steps start at 0 and strictly increase, every value > 0.
 
@@ -43,6 +47,8 @@ import difflib
 import json
 import os
 import sys
+import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -55,6 +61,8 @@ CLI = "the command line"
 _RESERVED = ("config", "help")
 
 __all__ = [
+    "Key",
+    "Schema",
     "config_to_flat",
     "dump_config",
     "format_help",
@@ -182,6 +190,99 @@ def _all_keys(schema: Mapping[str, Any], prefix: str = "") -> list[str]:
 
 def _is_section(default: Any) -> bool:
     return isinstance(default, Mapping) and len(default) > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Declared keys
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key, declared once.
+
+    ``default`` fixes the key's type (see the type rules in the module docstring); ``help`` is
+    one line, shown by ``--help`` and in docs/config_keys.md; ``choices`` lists the allowed
+    values (of every element of a list key); ``range`` is the allowed range of a numeric key
+    (``">= 1"``, ``"> 0"``, ``"[0, 1]"``, ``"schedule"``); a ``repeatable`` list key
+    accumulates its command-line occurrences (``--model_dir a --model_dir b`` gives
+    ``[a, b]``, replacing the files' value) instead of the last one winning.
+    """
+
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+    range: str | None = None
+    repeatable: bool = False
+
+    def __post_init__(self):
+        if self.choices is not None:
+            object.__setattr__(self, "choices", tuple(self.choices))
+
+
+def _flat_keys(keys: Mapping[str, Any], prefix: str = "") -> dict[str, Key]:
+    flat: dict[str, Key] = {}
+    for name, value in keys.items():
+        dotted = f"{prefix}{name}"
+        if isinstance(value, Key):
+            flat[dotted] = value
+        elif isinstance(value, Mapping) and value:
+            flat.update(_flat_keys(value, dotted + "."))
+        else:
+            raise ValueError(f"config schema entry '{dotted}' is neither a Key nor a non-empty "
+                             "section of Keys (a free-form mapping is Key({}, help))")
+    return flat
+
+
+def _nested_defaults(keys: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: copy.deepcopy(value.default) if isinstance(value, Key)
+            else _nested_defaults(value) for name, value in keys.items()}
+
+
+class Schema:
+    """The declared config keys of one script or tool.
+
+    ``keys`` is a nested dict: a :class:`Key` per leaf, a dict per section; its order is the
+    order of ``--help``, of docs/config_keys.md and of a saved config. ``name``, ``commands``
+    (the command lines that read the schema) and ``configs`` (the glob of its YAML files in
+    ``configs/``) describe it for the docs and the tests.
+
+    Derived views (what :func:`load_config` works with): ``flat`` (dotted key -> Key),
+    ``defaults`` (the nested dict of defaults), and the dotted ``choices``, ``ranges``,
+    ``help`` and ``repeatable``. A default outside its choices or range, or a help text that is
+    empty or not one line, raises ValueError when the schema is built.
+    """
+
+    def __init__(self, keys: Mapping[str, Any], *, name: str = "",
+                 commands: Sequence[str] = (), configs: str = ""):
+        self.keys = keys
+        self.name = name
+        self.commands = tuple(commands)
+        self.configs = configs
+        self.flat = _flat_keys(keys)
+        self.defaults = _nested_defaults(keys)
+        self.choices = {k: list(v.choices) for k, v in self.flat.items() if v.choices is not None}
+        self.ranges = {k: v.range for k, v in self.flat.items() if v.range is not None}
+        self.help = {k: v.help for k, v in self.flat.items()}
+        self.repeatable = tuple(k for k, v in self.flat.items() if v.repeatable)
+        for key, text in self.help.items():
+            if not isinstance(text, str) or not text.strip() or "\n" in text:
+                raise ValueError(f"help of config key '{key}' must be one non-empty line")
+        _validate_schema(self.defaults, self.choices, self.ranges)
+
+    def __repr__(self) -> str:
+        return f"Schema({self.name or '?'}: {len(self.flat)} keys)"
+
+
+def _views(schema: Mapping[str, Any] | Schema, choices, ranges, key_help, repeatable):
+    """(defaults, choices, ranges, help, repeatable) of a Schema or of the plain views."""
+    if isinstance(schema, Schema):
+        if choices or ranges or key_help or repeatable:
+            raise TypeError("a Schema carries its own choices, ranges, help and repeatable keys; "
+                            "pass them only with a plain dict of defaults")
+        return (schema.defaults, schema.choices, schema.ranges, schema.help,
+                schema.repeatable)
+    return (schema, dict(choices or {}), dict(ranges or {}), dict(key_help or {}),
+            tuple(repeatable))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -561,18 +662,36 @@ def _validate_schema(schema: Mapping[str, Any], choices: Mapping[str, Sequence[A
                 from None
 
 
+def _allowed(key: str, default: Any, choices: Mapping[str, Sequence[Any]],
+             ranges: Mapping[str, str], repeatable: Sequence[str]) -> list[str]:
+    """The allowed values of a key in words: choices, range, repeatable."""
+    words = []
+    if key in choices:
+        each = "each " if isinstance(default, (list, tuple)) else ""
+        words.append(f"{each}one of: "
+                     + ", ".join(str(c) if c != "" else '""' for c in choices[key]))
+    if key in ranges:
+        spec = ranges[key].strip()
+        words.append("a schedule: steps from 0, increasing; values > 0"
+                     if spec.replace(" ", "") == "schedule" else spec)
+    if key in repeatable:
+        words.append(f"repeatable: --{key} A --{key} B")
+    return words
+
+
 def format_help(
-    defaults: Mapping[str, Any],
+    defaults: Mapping[str, Any] | Schema,
     choices: Mapping[str, Sequence[Any]] | None = None,
     key_help: Mapping[str, str] | None = None,
     prog: str | None = None,
     description: str | None = None,
     ranges: Mapping[str, str] | None = None,
+    repeatable: Sequence[str] = (),
 ) -> str:
-    """The ``--help`` text: usage, then every config key with its default (as YAML/JSON)."""
-    choices = choices or {}
-    ranges = ranges or {}
-    key_help = key_help or {}
+    """The ``--help`` text: usage, then every config key with its default (as YAML/JSON), its
+    allowed values (choices, range, repeatable) and its help line."""
+    defaults, choices, ranges, key_help, repeatable = _views(
+        defaults, choices, ranges, key_help, repeatable)
     prog = prog or Path(sys.argv[0]).name or "script"
     lines = [f"usage: {prog} [-h] [--config FILE] [--KEY VALUE | --KEY=VALUE ...]", ""]
     if description:
@@ -582,29 +701,26 @@ def format_help(
         "  -h, --help          show this help and exit",
         "  --config FILE       YAML file of config values (repeatable; later files win)",
         "",
-        "config keys and defaults (override with --key value; nested keys are dotted;",
-        "a bool key alone is a flag: --key / --no-key; lists as 1,2,3 or [1,2,3]):",
+        "config keys, each with its default, (allowed values) and help (override with",
+        "--key value; nested keys are dotted; a bool key alone is a flag: --key / --no-key;",
+        "lists as 1,2,3 or [1,2,3]):",
+        "",
     ]
-    flat = config_to_flat(defaults)
-    width = min(max((len(k) for k in flat), default=0) + 2, 34)
-    for key, value in flat.items():
+    for key, value in config_to_flat(defaults).items():
         text = json.dumps(_plain(value)) if _jsonable(value) else repr(value)
-        extra = []
-        if key in choices:
-            extra.append("one of: " + ", ".join(str(c) for c in choices[key]))
-        if key in ranges:
-            extra.append(ranges[key])
-        if key in key_help:
-            extra.append(key_help[key])
-        line = f"  --{key:<{width}} {text}"
-        if extra:
-            line += "   # " + "; ".join(extra)
+        line = f"  --{key} {text}"
+        allowed = _allowed(key, value, choices, ranges, repeatable)
+        if allowed:
+            line += "  (" + "; ".join(allowed) + ")"
         lines.append(line)
+        if key_help.get(key):
+            lines += textwrap.wrap(key_help[key], width=96, initial_indent=" " * 6,
+                                   subsequent_indent=" " * 6, break_on_hyphens=False)
     return "\n".join(lines) + "\n"
 
 
 def load_config(
-    defaults: Mapping[str, Any],
+    defaults: Mapping[str, Any] | Schema,
     argv: Sequence[str] | None = None,
     choices: Mapping[str, Sequence[Any]] | None = None,
     *,
@@ -616,20 +732,23 @@ def load_config(
 ) -> dict[str, Any]:
     """Resolve a config: ``defaults`` < each ``--config`` file in order < command-line overrides.
 
-    ``argv`` defaults to ``sys.argv[1:]``. ``choices`` maps dotted keys to allowed values,
-    ``ranges`` to allowed ranges (see the module docstring); ``key_help`` maps dotted keys to
-    one-line help shown by ``--help`` (which prints and raises ``SystemExit(0)``).
-    ``repeatable`` names list keys whose command-line occurrences accumulate
-    (``--model_dir a --model_dir b`` gives ``[a, b]``, replacing the files' value) instead of
-    the last one winning. Returns a fresh nested dict (tuples in the defaults become lists).
-    Invalid input raises :class:`ConfigError` (see the module docstring).
+    ``defaults`` is a :class:`Schema` (which carries its choices, ranges, help and repeatable
+    keys), or a plain nested dict of defaults with the dotted views beside it: ``choices``
+    maps dotted keys to allowed values, ``ranges`` to allowed ranges (see the module
+    docstring), ``key_help`` to one-line help, and ``repeatable`` names list keys whose
+    command-line occurrences accumulate (``--model_dir a --model_dir b`` gives ``[a, b]``,
+    replacing the files' value) instead of the last one winning. ``argv`` defaults to
+    ``sys.argv[1:]``; ``--help`` prints :func:`format_help` and raises ``SystemExit(0)``.
+    Returns a fresh nested dict (tuples in the defaults become lists). Invalid input raises
+    :class:`ConfigError` (see the module docstring).
     """
-    choices = dict(choices or {})
-    ranges = dict(ranges or {})
+    defaults, choices, ranges, key_help, repeatable = _views(
+        defaults, choices, ranges, key_help, repeatable)
     _validate_schema(defaults, choices, ranges)
     files, items, want_help = _split_argv(sys.argv[1:] if argv is None else argv)
     if want_help:
-        sys.stdout.write(format_help(defaults, choices, key_help, prog, description, ranges))
+        sys.stdout.write(format_help(defaults, choices, key_help, prog, description, ranges,
+                                     repeatable))
         sys.stdout.flush()
         raise SystemExit(0)
     cfg = _plain(copy.deepcopy(dict(defaults)))

@@ -11,7 +11,10 @@ import yaml
 from igam.errors import ConfigError
 from igam.run import schemas
 from igam.run.config import (
+    Key,
+    Schema,
     config_to_flat,
+    format_help,
     load_config,
     load_yaml_file,
     save_config,
@@ -312,3 +315,68 @@ def test_repeatable_list_key_accumulates_on_the_command_line(tmp_path):
                        repeatable=("model_dir",))["model_dir"] == ["from_file"]
     with pytest.raises(ConfigError, match="needs a value"):
         load_config(schema, ["--model_dir", "x", "--model_dir"], repeatable=("model_dir",))
+
+
+# ----------------------------------------------------------------------------------------------
+# Declared keys: a Schema of Keys and the views derived from it
+
+SCHEMA = Schema({
+    "seed": Key(0, "RNG seed", range=">= 0"),
+    "model_dir": Key(["a"], "models compared", repeatable=True),
+    "train": {"batch_size": Key(32, "per process", range=">= 1"),
+              "teacher_bn": Key("batch", "teacher BatchNorm", choices=["batch", "running"]),
+              "attacks": Key(["pgd"], "attacks run", choices=("pgd", "fgsm"))},
+}, name="TOY")
+
+
+def test_schema_derives_the_plain_views():
+    assert SCHEMA.defaults == {"seed": 0, "model_dir": ["a"],
+                               "train": {"batch_size": 32, "teacher_bn": "batch",
+                                         "attacks": ["pgd"]}}
+    assert SCHEMA.choices == {"train.teacher_bn": ["batch", "running"],
+                              "train.attacks": ["pgd", "fgsm"]}
+    assert SCHEMA.ranges == {"seed": ">= 0", "train.batch_size": ">= 1"}
+    assert SCHEMA.help["train.batch_size"] == "per process"
+    assert SCHEMA.repeatable == ("model_dir",)
+    assert list(SCHEMA.flat) == ["seed", "model_dir", "train.batch_size", "train.teacher_bn",
+                                 "train.attacks"]
+    assert SCHEMA.defaults["model_dir"] is not SCHEMA.flat["model_dir"].default  # a copy
+
+
+def test_load_config_takes_a_schema():
+    cfg = load_config(SCHEMA, ["--train.batch_size", "8", "--model_dir", "x",
+                               "--model_dir", "y"])
+    assert cfg == {"seed": 0, "model_dir": ["x", "y"],
+                   "train": {"batch_size": 8, "teacher_bn": "batch", "attacks": ["pgd"]}}
+    with pytest.raises(ConfigError, match="'train.batch_size' on the command line: expected an "
+                                          "integer >= 1, got 0"):
+        load_config(SCHEMA, ["--train.batch_size", "0"])
+    with pytest.raises(ConfigError, match="one of pgd, fgsm"):
+        load_config(SCHEMA, ["--train.attacks", "pgd,cw"])
+    with pytest.raises(TypeError, match="carries its own"):
+        load_config(SCHEMA, [], {"train.teacher_bn": ["batch"]})
+
+
+def test_help_of_a_schema_shows_default_allowed_values_and_help(capsys):
+    with pytest.raises(SystemExit):
+        load_config(SCHEMA, ["--help"], prog="toy.py")
+    out = capsys.readouterr().out
+    assert out.startswith("usage: toy.py")
+    assert "  --train.batch_size 32  (>= 1)\n      per process\n" in out
+    assert '  --train.teacher_bn "batch"  (one of: batch, running)\n' in out
+    assert "(each one of: pgd, fgsm)" in out
+    assert "(repeatable: --model_dir A --model_dir B)" in out and "models compared" in out
+    assert format_help(SCHEMA, prog="toy.py") == out
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({"seed": Key(0, "")}, "help of config key 'seed'"),
+    ({"seed": Key(0, "two\nlines")}, "help of config key 'seed'"),
+    ({"train": {}}, "'train' is neither a Key"),
+    ({"seed": 0}, "'seed' is neither a Key"),
+    ({"bn": Key("x", "BN", choices=("batch",))}, "not among its CHOICES"),
+    ({"steps": Key(0, "steps", range=">= 1")}, "outside its range"),
+])
+def test_bad_declaration_is_a_programming_error(keys, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Schema(keys)
