@@ -28,8 +28,7 @@ from igam.training import HeadFinetuner
 
 
 def main(argv=None):
-    cfg = load_config(schemas.FINETUNE, argv, schemas.FINETUNE_CHOICES,
-                      ranges=schemas.FINETUNE_RANGES, prog="finetune_teacher.py",
+    cfg = load_config(schemas.FINETUNE_SCHEMA, argv, prog="finetune_teacher.py",
                       description=__doc__)
     device = engine.setup(cfg, data_parallel=True)
     train, test = engine.load_train_test(cfg)

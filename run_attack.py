@@ -27,8 +27,7 @@ from igam.training import evaluate
 
 
 def main(argv=None):
-    cfg = load_config(schemas.ATTACK, argv, schemas.ATTACK_CHOICES,
-                      ranges=schemas.ATTACK_RANGES, prog="run_attack.py", description=__doc__)
+    cfg = load_config(schemas.ATTACK_SCHEMA, argv, prog="run_attack.py", description=__doc__)
     device = engine.setup(cfg)
     model, test, path, norm = advfiles.load_attack_target(cfg, device)
     eps = float(cfg["attack"]["eps"])

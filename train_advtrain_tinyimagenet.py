@@ -25,8 +25,7 @@ from igam.training import ClassifierTrainer
 
 
 def main(argv=None):
-    cfg = load_config(schemas.ADVTRAIN, argv, schemas.ADVTRAIN_CHOICES,
-                      ranges=schemas.ADVTRAIN_RANGES, prog="train_advtrain_tinyimagenet.py",
+    cfg = load_config(schemas.ADVTRAIN_SCHEMA, argv, prog="train_advtrain_tinyimagenet.py",
                       description=__doc__)
     device = engine.setup(cfg, data_parallel=True)
     train, test = engine.load_train_test(cfg)

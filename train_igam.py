@@ -32,8 +32,7 @@ from igam.run.rundir import prepare_run_dir
 
 
 def main(argv=None):
-    cfg = load_config(schemas.IGAM, argv, schemas.IGAM_CHOICES,
-                      ranges=schemas.IGAM_RANGES, prog="train_igam.py", description=__doc__)
+    cfg = load_config(schemas.IGAM_SCHEMA, argv, prog="train_igam.py", description=__doc__)
     device = engine.setup(cfg, data_parallel=True)
     train, test = engine.load_train_test(cfg)
     teacher = engine.load_teacher(cfg["teacher_dir"], device, cfg["teacher_bn"], cfg["data"])

@@ -73,9 +73,10 @@ igam.data
 igam.run.config / igam.run.schemas / igam.run.checkpoint / igam.run.engine; run-time plumbing:
 igam.run.seeding, igam.run.device, igam.run.files (atomic writes, JSON), igam.run.rundir (run
 folder, metrics log), igam.run.cli (error guard)
-    load_config(defaults, argv, choices, ranges=...), save_checkpoint / load_checkpoint
-    (atomic, weights_only), seed_everything, resolve_device, MetricsLogger, engine.fit /
-    Checkpointer, engine.save_input_gradients (float32 NHWC .npy of a whole dataset)
+    load_config(schema, argv) (schemas.IGAM_SCHEMA, ...: Keys with default, help, choices,
+    range), save_checkpoint / load_checkpoint (atomic, weights_only), seed_everything,
+    resolve_device, MetricsLogger, engine.fit / Checkpointer, engine.save_input_gradients
+    (float32 NHWC .npy of a whole dataset)
 igam.run.distributed / igam.run.precision
     torchrun/DDP helpers (init, wrap, is_main, rank_seed); Precision(autocast='none'|
     'bf16', channels_last, compile) for adversarial training, attacks and evaluation

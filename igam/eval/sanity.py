@@ -315,9 +315,8 @@ def output_paths(cfg: Mapping[str, Any]) -> tuple[list[Path], Path]:
 
 
 def main(argv=None):
-    cfg = load_config(schemas.SANITY, argv, schemas.SANITY_CHOICES, ranges=schemas.SANITY_RANGES,
-                      prog="python -m igam.eval.sanity", description=__doc__,
-                      repeatable=("model_dir",))
+    cfg = load_config(schemas.SANITY_SCHEMA, argv, prog="python -m igam.eval.sanity",
+                      description=__doc__)
     s = check_settings(cfg["sanity"])
     device = engine.setup(cfg)
     models, test = engine.load_compared_models(cfg["model_dir"], cfg["data"],

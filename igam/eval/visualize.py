@@ -125,10 +125,8 @@ def _check(cfg: Mapping[str, Any]) -> None:
 
 
 def main(argv=None):
-    cfg = load_config(schemas.VISUALIZE, argv, schemas.VISUALIZE_CHOICES,
-                      ranges=schemas.VISUALIZE_RANGES, prog="python -m igam.eval.visualize",
-                      description=__doc__,
-                      repeatable=("student_dir",))
+    cfg = load_config(schemas.VISUALIZE_SCHEMA, argv, prog="python -m igam.eval.visualize",
+                      description=__doc__)
     _check(cfg)
     device = engine.setup(cfg)
     dirs = [cfg["teacher_dir"], *cfg["student_dir"]]

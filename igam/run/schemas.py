@@ -1,22 +1,34 @@
-"""Config schemas (defaults, allowed keys and types) of the five entry scripts and of the
-evaluation tools (``igam.eval.sanity``, ``igam.eval.visualize``).
+"""Config schemas of the five entry scripts and of the evaluation tools (``igam.eval.sanity``,
+``igam.eval.visualize``): every key declared once, with its default, its help line and, where
+it has them, its choices and range (:class:`igam.run.config.Key`).
 
-Each schema is the source of truth for its script's keys: ``configs/*.yaml`` override the
-defaults, command-line ``--dotted.key value`` overrides the files (``igam.run.config``). Defaults
-are the paper's settings (original.md §4-6, §9); the YAML files document every key. Beside
-each schema, ``*_CHOICES`` lists the allowed values of its string keys and ``*_RANGES`` the
-allowed range of every numeric key (``">= 1"``, ``"> 0"``, ``"[0, 1]"``, ``"schedule"``;
-checked by ``igam.run.config``).
+Keys shared by several scripts (seed, device, the run folder's keys, the data section, the
+WideResNet, the SGD schedule, evaluation, precision) are declared once below and reused; a
+script that needs another default or a more specific help line derives it with
+``dataclasses.replace``. Defaults are the paper's settings (original.md §4-6, §9); some come
+from the method itself - the ``igam`` section and the IGAM optimiser from
+:class:`igam.objective.IGAMSettings`, the discriminator from the signature of
+:class:`igam.models.InputGradientDiscriminator`, the learning-rate schedule from
+:data:`igam.optim.PAPER_LR_SCHEDULE` - and AutoAttack's versions, sub-attacks and norms from
+:mod:`igam.eval.autoattack`.
+
+Derived from the declarations, for the scripts and the tests: one :class:`Schema` per script
+(``ADVTRAIN_SCHEMA``, ...; ``SCHEMAS`` lists them), and its plain views ``ADVTRAIN`` (the
+nested dict of defaults), ``ADVTRAIN_CHOICES`` and ``ADVTRAIN_RANGES`` (dotted keys).
+``configs/*.yaml`` hold only what a step or transfer pair sets differently; the reference page
+of every key is docs/config_keys.md.
 """
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 
 from igam.eval.autoattack import NORMS, SUB_ATTACKS, VERSIONS
 from igam.models import InputGradientDiscriminator
 from igam.objective import IGAMSettings
 from igam.optim import PAPER_LR_SCHEDULE
+from igam.run.config import Key, Schema
 
 PAPER_LR = [list(p) for p in PAPER_LR_SCHEDULE]  # [step, lr]; floats: one element type
 _IGAM_DEFAULTS = IGAMSettings()  # the method's defaults of the igam section
@@ -24,191 +36,359 @@ _DISC_DEFAULTS = {name: param.default for name, param in
                   inspect.signature(InputGradientDiscriminator).parameters.items()
                   if name not in ("image_size", "standardization")}
 
+_STD = ("per_image", "zero_mean_l2", "l2")
+_DATASETS = ("cifar10", "cifar100", "tinyimagenet")
+
+# ----------------------------------------------------------------------------------------------
+# Shared keys
+
 _RUNTIME = {
-    "seed": 0,                # seeds python, numpy and torch
-    "device": "auto",         # auto | cpu | cuda | cuda:N | mps
-    "allow_tf32": False,      # TF32 off: input gradients are fp32-sensitive (original.md §1)
+    "seed": Key(0, "seeds python, numpy and torch (one seed for the whole run)", range=">= 0"),
+    "device": Key("auto", "compute device: auto (CUDA if available), cpu, cuda, cuda:N or mps"),
+    "allow_tf32": Key(False, "TF32 matmuls/convolutions on Ampere+ GPUs: faster, less faithful; "
+                             "off because input gradients are fp32-sensitive (original.md §1)"),
 }
 
-_RUN = {
-    "model_dir": "models/run",
-    "resume": False,          # continue the run in model_dir from its checkpoint
-    "overwrite": False,       # start afresh even if model_dir holds a run
-    "log_every": 100,         # steps between log lines / metrics.jsonl records
-    "checkpoint_every": 1000,  # steps between atomic checkpoints
+
+def _run(model_dir: str, what: str) -> dict[str, Key]:
+    """The run-folder keys of a training script whose run folder holds ``what``."""
+    return {
+        "model_dir": Key(model_dir, f"run folder of {what}: checkpoint.pt, config.yaml, "
+                                    "metrics.jsonl"),
+        "resume": Key(False, "continue the run in model_dir from its last checkpoint"),
+        "overwrite": Key(False, "start afresh even if model_dir already holds a run"),
+        "log_every": Key(100, "steps between log lines and metrics.jsonl records", range=">= 1"),
+        "checkpoint_every": Key(1000, "steps between atomic checkpoints (a crash loses at most "
+                                      "this many)", range=">= 1"),
+    }
+
+
+# Class subsets (igam.data.subsets; docs/pipeline.md#class-subsets)
+_CLASSES = {
+    "classes": Key([], "class subset: original class indices, relabelled 0..k-1 in this order, "
+                       "e.g. [5, 6, 7, 8, 9]; [] = every class (set only one of classes and "
+                       "num_classes)"),
+    "num_classes": Key(0, "or k >= 2: the first k classes; 0 = every class", range=">= 0"),
+}
+_ROOT_HELP = ("dataset folder: the official download layout (cifar-10-batches-py, "
+              "cifar-100-python, tiny-imagenet-200) or its contents (docs/pipeline.md#datasets)")
+
+
+def _train_data(dataset: str, root: str, what: str) -> dict[str, Key]:
+    """The data section of a training script."""
+    return {"dataset": Key(dataset, what, choices=_DATASETS), "root": Key(root, _ROOT_HELP),
+            **_CLASSES}
+
+
+# Evaluation tools: the data recorded in the model's checkpoint unless given
+_CHECKPOINT_DATA = {
+    "dataset": Key("", 'the test split used; "" = the dataset recorded in the checkpoint(s)',
+                   choices=("",) + _DATASETS),
+    "root": Key("", 'dataset folder, e.g. datasets/cifar10; "" = the one recorded in the '
+                    "checkpoint(s)"),
+    "classes": replace(_CLASSES["classes"], help=(
+        "class subset ([] and num_classes 0: the checkpoint's, if the dataset is the one it was "
+        "trained on), e.g. [5, 6, 7, 8, 9]")),
+    "num_classes": replace(_CLASSES["num_classes"], help=(
+        "or k >= 2: the first k classes (set only one of classes and num_classes)")),
 }
 
-# Class subset (igam.data.subsets): ``classes`` lists original class indices (relabelled
-# 0..k-1 in that order), ``num_classes: k`` takes the first k; both empty = every class.
-_CLASSES = {"classes": [], "num_classes": 0}
-_DATA = {"dataset": "cifar10", "root": "datasets/cifar10", **_CLASSES}
+# The Madry WideResNet ("WRN-34-10"; original.md §2)
+_WRN = {
+    "widths": Key([16, 160, 320, 640], "channels of the initial conv and of stages 1, 2, 3 "
+                                       "(a small debugging net: 16,16,32,64)", range=">= 1"),
+    "units_per_stage": Key(5, "residual units per stage", range=">= 1"),
+    "standardization": Key("zero_mean_l2", "per-image input standardisation (Madry's models: "
+                                           "per_image)", choices=_STD),
+}
 
-_CLASSES_RANGES = {"data.num_classes": ">= 0"}  # 0: every class; data.classes: igam.data.subsets
-_RUNTIME_RANGES = {"seed": ">= 0"}
-_RUN_RANGES = {**_RUNTIME_RANGES, "log_every": ">= 1", "checkpoint_every": ">= 1"}
+# SGD with the original's piecewise-constant learning rate (original.md §4, §5)
+_STEPS = Key(320000, "SGD steps (the original's train_steps)", range=">= 1")
+_BATCH = Key(32, "training batch per process (torchrun: global batch = N x this)", range=">= 1")
+_LR_SCHEDULE = Key(PAPER_LR, "[step, lr] pairs: lr_k holds while step <= the next boundary "
+                             "(the original's step_size_schedule)", range="schedule")
+_MOMENTUM = Key(0.9, "SGD momentum", range="[0, 1]")
+_WEIGHT_DECAY = Key(0.0002, "weight decay on conv/FC weights only (TF's DW variables)",
+                    range=">= 0")
+_AUGMENT = Key(True, "pad 2 + random crop + horizontal flip")
 
-_WRN = {"widths": [16, 160, 320, 640], "units_per_stage": 5,
-        "standardization": "zero_mean_l2"}
+# Noise on the training images, input gradients saved after training
+_IMG_RANDOM_PERT = Key(False, "add U(-eps, eps) noise to the training images")
+_PERT_EPS = Key(8.0, "noise level of img_random_pert ([0, 255] pixel scale)", range=">= 0")
+_SAVE_GRADIENTS = Key(False, "also save the trained model's input gradients on the train and "
+                             "test sets (.npy)")
 
-_EVAL = {"batch_size": 100, "bn_mode": "eval", "num_examples": 0}
+_TEACHER_BN = Key("batch", "teacher BatchNorm: batch statistics (the original) or its running "
+                           "statistics", choices=("batch", "running"))
 
+# PGD (igam.attacks)
+_EPS = Key(8.0, "L-inf budget on the [0, 255] pixel scale (8 = 8/255)", range="> 0")
+_STEP_SIZE = Key(2.0, "PGD step on the [0, 255] pixel scale", range="> 0")
+_PGD_STEPS = Key(7, "PGD steps", range=">= 1")
+_RANDOM_START = Key(True, "start PGD at a uniform random point of the eps-ball")
+_LOSS = Key("xent", "loss the attack ascends: xent (cross-entropy) or cw (margin loss on logits)",
+            choices=("xent", "cw"))
 
-def _in(section: str, ranges: dict) -> dict:
-    """``{"steps": r}`` -> ``{"section.steps": r}``."""
-    return {f"{section}.{key}": spec for key, spec in ranges.items()}
+_EVAL = {
+    "batch_size": Key(100, "evaluation batch size", range=">= 1"),
+    "bn_mode": Key("eval", "BatchNorm when evaluating: eval (running statistics) or train "
+                           "(batch statistics, the original's evaluation mode)",
+                   choices=("eval", "train")),
+    "num_examples": Key(0, "first test examples evaluated (0 = the whole test set)", range=">= 0"),
+}
 
+# Speed options (igam.run.precision; docs/performance.md#precision-and-kernels); the defaults
+# keep the faithful fp32 computation (original.md §1). Offered where only first-order
+# gradients are taken: adversarial training, attacks, evaluation.
+_PRECISION = {
+    "autocast": Key("none", "bf16: model forward under bf16 autocast (PGD and training forwards, "
+                            "attacks, evaluation); losses and PGD updates stay fp32",
+                    choices=("none", "bf16")),
+    "channels_last": Key(False, "NHWC memory layout for weights and inputs (same numbers)"),
+    "compile": Key(False, "torch.compile the forward of attacks and evaluation (first-order "
+                          "gradients only; on CPU needs a C++ compiler)"),
+}
 
-_WRN_RANGES = {"widths": ">= 1", "units_per_stage": ">= 1"}
-_EVAL_RANGES = _in("eval", {"batch_size": ">= 1", "num_examples": ">= 0"})  # 0 = all
-_SGD_RANGES = {"steps": ">= 1", "batch_size": ">= 1", "lr_schedule": "schedule",
-               "momentum": "[0, 1]", "weight_decay": ">= 0"}
-_ATTACK_RANGES = {"eps": "> 0", "step_size": "> 0", "steps": ">= 1"}
+# ----------------------------------------------------------------------------------------------
+# The scripts
 
-# Speed options (igam.run.precision); the defaults keep the faithful fp32 computation
-# (original.md §1).
-# Offered where only first-order gradients are taken: adversarial training, attacks, eval.
-_PRECISION = {"autocast": "none", "channels_last": False, "compile": False}
-_PRECISION_CHOICES = {"precision.autocast": ["none", "bf16"]}
-
-_STD = ["per_image", "zero_mean_l2", "l2"]
-_DATASETS = ["cifar10", "cifar100", "tinyimagenet"]
-
-ADVTRAIN = {
-    **_RUNTIME, **_RUN,
-    "model_dir": "models/advtrain_tinyimagenet",
-    "data": {"dataset": "tinyimagenet", "root": "datasets/tiny-imagenet-200", **_CLASSES},
+ADVTRAIN_SCHEMA = Schema({
+    **_RUNTIME,
+    **_run("models/advtrain_tinyimagenet", "the robust source model"),
+    "data": _train_data("tinyimagenet", "datasets/tiny-imagenet-200",
+                        "the source task trained on"),
     "model": dict(_WRN),
-    "train": {"steps": 320000, "batch_size": 16, "lr_schedule": PAPER_LR, "momentum": 0.9,
-              "weight_decay": 0.0002, "augment": True, "steps_before_adv_training": 0},
-    "attack": {"eps": 8.0, "step_size": 2.0, "steps": 7, "random_start": True,
-               "loss": "xent"},
+    "train": {"steps": _STEPS, "batch_size": replace(_BATCH, default=16),
+              "lr_schedule": _LR_SCHEDULE, "momentum": _MOMENTUM,
+              "weight_decay": _WEIGHT_DECAY, "augment": _AUGMENT,
+              "steps_before_adv_training": Key(0, "natural (not adversarial) batches before "
+                                                  "this step", range=">= 0")},
+    # PGD crafting the training batches, against the model in train mode (original.md §5)
+    "attack": {"eps": _EPS, "step_size": _STEP_SIZE, "steps": _PGD_STEPS,
+               "random_start": _RANDOM_START, "loss": _LOSS},
     "eval": dict(_EVAL),
     "precision": dict(_PRECISION),  # PGD + training forward (autocast), attack/eval (compile)
-}
-ADVTRAIN_CHOICES = {"data.dataset": _DATASETS, "model.standardization": _STD,
-                    "attack.loss": ["xent", "cw"], "eval.bn_mode": ["eval", "train"],
-                    **_PRECISION_CHOICES}
-ADVTRAIN_RANGES = {**_RUN_RANGES, **_CLASSES_RANGES, **_in("model", _WRN_RANGES), **_EVAL_RANGES,
-                   **_in("train", {**_SGD_RANGES, "steps_before_adv_training": ">= 0"}),
-                   **_in("attack", _ATTACK_RANGES)}
+}, name="ADVTRAIN", commands=("train_advtrain_tinyimagenet.py",), configs="advtrain_*.yaml")
 
-FINETUNE = {
-    **_RUNTIME, **_RUN,
-    "model_dir": "models/teacher_tinyimagenet_to_cifar10",
-    "source_model_dir": "models/advtrain_tinyimagenet",
-    "data": dict(_DATA),
-    "teacher": {"upresize_to": 64, "standardization": "l2", "bn": "batch"},
-    "finetune": {"steps": 4700, "batch_size": 64, "lr": 0.001, "whole_model": False,
-                 "weight_decay": 0.0002, "augment": True, "img_random_pert": False, "eps": 8.0,
-                 "recalibrate_bn": True, "save_input_gradients": False},
-    "eval": dict(_EVAL),
-}
-FINETUNE_CHOICES = {"data.dataset": _DATASETS, "teacher.standardization": _STD + ["source"],
-                    "teacher.bn": ["batch", "running"], "eval.bn_mode": ["eval", "train"]}
-FINETUNE_RANGES = {**_RUN_RANGES, **_CLASSES_RANGES, **_EVAL_RANGES,
-                   "teacher.upresize_to": ">= 0",  # 0: no resize
-                   **_in("finetune", {"steps": ">= 1", "batch_size": ">= 1", "lr": "> 0",
-                                      "weight_decay": ">= 0", "eps": ">= 0"})}
-
-IGAM = {
-    **_RUNTIME, **_RUN,
-    "model_dir": "models/igam_tinyimagenet_to_cifar10",
-    "teacher_dir": "models/teacher_tinyimagenet_to_cifar10",
-    "teacher_bn": "batch",
-    "data": dict(_DATA),
-    "student": dict(_WRN),
-    "discriminator": {**_DISC_DEFAULTS, "standardization": "student"},
-    "igam": {**{k: getattr(_IGAM_DEFAULTS, k) for k in (
-        "beta", "gamma", "disc_update_steps", "steps_before_adv_opt", "img_random_pert", "eps",
-        "same_optimizer")}, "save_input_gradients": False},
-    "train": {"steps": 320000, "batch_size": 32, "lr_schedule": PAPER_LR,
-              "momentum": _IGAM_DEFAULTS.momentum, "weight_decay": _IGAM_DEFAULTS.weight_decay,
-              "augment": True},
-    "eval": dict(_EVAL),
-}
-IGAM_CHOICES = {"data.dataset": _DATASETS, "student.standardization": _STD,
-                "discriminator.standardization": ["student"] + _STD,
-                "teacher_bn": ["batch", "running"], "eval.bn_mode": ["eval", "train"]}
-IGAM_RANGES = {**_RUN_RANGES, **_CLASSES_RANGES, **_in("student", _WRN_RANGES), **_EVAL_RANGES,
-               # base_channels >= 2: the last FC layer of the FC variant has base // 2 units
-               **_in("discriminator", {"num_conv_layers": ">= 1", "base_channels": ">= 2",
-                                       "num_fc_layers": ">= 1"}),
-               **_in("igam", {"beta": ">= 0", "gamma": ">= 0", "disc_update_steps": ">= 1",
-                              "steps_before_adv_opt": ">= 0", "eps": ">= 0"}),
-               **_in("train", _SGD_RANGES)}
-
-ATTACK = {
+FINETUNE_SCHEMA = Schema({
     **_RUNTIME,
-    "model_dir": "models/igam_tinyimagenet_to_cifar10",
-    "data": {"dataset": "", "root": "", **_CLASSES},  # empty: the data recorded in the checkpoint
-    "attack": {"method": "pgd", "eps": 8.0, "step_size": 2.0, "steps": 10,
-               "random_start": True, "loss": "xent", "restarts": 1,
-               "early_stop": True,   # pgd / fgsm / pgd_l2 (README "Early-stopping PGD")
-               # autoattack only (README "AutoAttack"):
-               "version": "standard", "attacks": [], "norm": "Linf", "n_iter": 0,
-               "n_queries": 0},
-    "attack_name": "pgd",
-    "attack_dir": "attacks",
-    "attack_path": "",
+    **_run("models/teacher_tinyimagenet_to_cifar10", "the finetuned teacher"),
+    "source_model_dir": Key("models/advtrain_tinyimagenet", "run folder of the robust source "
+                                                            "model (step 1, or a converted TF "
+                                                            "checkpoint)"),
+    "data": _train_data("cifar10", "datasets/cifar10", "the target task"),
+    "teacher": {
+        "upresize_to": Key(64, "resize the target images to this size with TF1 bilinear "
+                               "(0: no resize; original.md §3)", range=">= 0"),
+        "standardization": Key("l2", "input standardisation of the teacher; source keeps the "
+                                     "source model's own (original.md §3)",
+                               choices=_STD + ("source",)),
+        "bn": _TEACHER_BN,
+    },
+    # Adam on the new head (original.md §6)
+    "finetune": {
+        "steps": Key(4700, "Adam steps", range=">= 1"),
+        "batch_size": replace(_BATCH, default=64),
+        "lr": Key(0.001, "Adam learning rate", range="> 0"),
+        "whole_model": Key(False, "also finetune the source network, not only the new head"),
+        "weight_decay": replace(_WEIGHT_DECAY, help="whole_model only: + wd * sum(w^2)/2 of the "
+                                                    "source's conv/FC weights"),
+        "augment": _AUGMENT,
+        "img_random_pert": _IMG_RANDOM_PERT,
+        "eps": _PERT_EPS,
+        "recalibrate_bn": Key(True, "re-estimate the BatchNorm running statistics on the target "
+                                    "data afterwards (original.md §6)"),
+        "save_input_gradients": _SAVE_GRADIENTS,
+    },
     "eval": dict(_EVAL),
-    "precision": dict(_PRECISION),
+}, name="FINETUNE", commands=("finetune_teacher.py",), configs="finetune_*.yaml")
+
+_DISC_HELP = {
+    "num_conv_layers": ("4x4 stride-2 convs, channels base_channels * 2^i", ">= 1"),
+    # >= 2: the last FC layer of the FC variant has base // 2 units
+    "base_channels": ("channels of the first conv (units of the FC variant's layers)", ">= 2"),
+    "only_fully_connected": ("num_fc_layers FC layers (base, ..., base, base // 2) instead of "
+                             "the convs", None),
+    "num_fc_layers": ("FC layers of the only_fully_connected variant", ">= 1"),
+    "avg_pool": ("global average pool before the logit layer", None),
 }
+
+IGAM_SCHEMA = Schema({
+    **_RUNTIME,
+    **_run("models/igam_tinyimagenet_to_cifar10", "the student"),
+    "teacher_dir": Key("models/teacher_tinyimagenet_to_cifar10",
+                       "run folder of the finetuned teacher (step 2)"),
+    "teacher_bn": _TEACHER_BN,
+    "data": {**_train_data("cifar10", "datasets/cifar10", "the target task (the teacher's)"),
+             "classes": replace(_CLASSES["classes"], help=_CLASSES["classes"].help
+                                + "; the teacher's subset")},
+    # the student WideResNet, trained on natural images only
+    "student": dict(_WRN),
+    # input-gradient discriminator, student label 0, teacher label 1 (igam/models.py)
+    "discriminator": {
+        **{name: Key(default, _DISC_HELP[name][0], range=_DISC_HELP[name][1])
+           for name, default in _DISC_DEFAULTS.items()},
+        "standardization": Key("student", "standardisation of its input gradients: student (the "
+                                          "student's, as the original tied both to one flag)",
+                               choices=("student",) + _STD),
+    },
+    # the IGAM objective (original.md §4)
+    "igam": {
+        "beta": Key(_IGAM_DEFAULTS.beta, "weight of -D_xent in the student loss (adversarial "
+                                         "matching)", range=">= 0"),
+        "gamma": Key(_IGAM_DEFAULTS.gamma, "weight of the L2 term: batch sum of (g_s - g_t)^2 "
+                                           "(per rank under torchrun)", range=">= 0"),
+        "disc_update_steps": Key(_IGAM_DEFAULTS.disc_update_steps,
+                                 "a discriminator step every k-th iteration", range=">= 1"),
+        "steps_before_adv_opt": Key(_IGAM_DEFAULTS.steps_before_adv_opt,
+                                    "plain classification steps before the IGAM terms start",
+                                    range=">= 0"),
+        "img_random_pert": replace(_IMG_RANDOM_PERT, default=_IGAM_DEFAULTS.img_random_pert,
+                                   help=_IMG_RANDOM_PERT.help + " (both phases)"),
+        "eps": replace(_PERT_EPS, default=_IGAM_DEFAULTS.eps),
+        "same_optimizer": Key(_IGAM_DEFAULTS.same_optimizer, "discriminator: SGD on the student's "
+                                                             "schedule (false: Adam 1e-3)"),
+        "save_input_gradients": _SAVE_GRADIENTS,
+    },
+    "train": {"steps": _STEPS, "batch_size": _BATCH, "lr_schedule": _LR_SCHEDULE,
+              "momentum": replace(_MOMENTUM, default=_IGAM_DEFAULTS.momentum),
+              "weight_decay": replace(_WEIGHT_DECAY, default=_IGAM_DEFAULTS.weight_decay,
+                                      help="weight decay on the conv/FC weights of the student "
+                                           "and the discriminator (TF's DW variables)"),
+              "augment": _AUGMENT},
+    "eval": dict(_EVAL),
+}, name="IGAM", commands=("train_igam.py",), configs="igam_*.yaml")
+
+_NOT_AUTOATTACK = " (not read by autoattack)"
+_AUTOATTACK_ONLY = " (autoattack only; docs/evaluation.md#autoattack)"
+ATTACK_SCHEMA = Schema({
+    **_RUNTIME,
+    "seed": replace(_RUNTIME["seed"], help="seeds python, numpy and torch: PGD's random start, "
+                                           "AutoAttack's seed"),
+    "model_dir": Key("models/igam_tinyimagenet_to_cifar10",
+                     "the model to attack (any port checkpoint)"),
+    "data": dict(_CHECKPOINT_DATA),
+    "attack": {
+        "method": Key("pgd", "pgd (L-inf), fgsm, pgd_l2 (per-example L2) or autoattack",
+                      choices=("pgd", "fgsm", "pgd_l2", "autoattack")),
+        "eps": replace(_EPS, help="budget on the [0, 255] pixel scale (8 = 8/255; AutoAttack "
+                                  "gets eps / 255)"),
+        "step_size": replace(_STEP_SIZE, help=_STEP_SIZE.help + "; FGSM: equal to eps"
+                             + _NOT_AUTOATTACK),
+        "steps": replace(_PGD_STEPS, default=10, help="PGD steps; FGSM: 1" + _NOT_AUTOATTACK),
+        "random_start": replace(_RANDOM_START, help=_RANDOM_START.help + "; FGSM: false"
+                                + _NOT_AUTOATTACK),
+        "loss": replace(_LOSS, help=_LOSS.help + _NOT_AUTOATTACK),
+        "restarts": Key(1, "attack restarts; per example the worst case is kept" + _NOT_AUTOATTACK,
+                        range=">= 1"),
+        "early_stop": Key(True, "skip clean-misclassified examples, stop each at its first "
+                                "fooling iterate: same or lower accuracy, faster; off with "
+                                "eval.bn_mode train (pgd, fgsm, pgd_l2; "
+                                "docs/evaluation.md#early-stopping-pgd)"),
+        "version": Key("standard", "AutoAttack version: " + "; ".join(
+            f"{v} ({', '.join(subs)})" for v, subs in VERSIONS.items()) + _AUTOATTACK_ONLY,
+            choices=tuple(VERSIONS)),
+        "attacks": Key([], "[] = all of the version's sub-attacks; else a subset, run in this "
+                           "order with the version's settings, e.g. [apgd-ce, square]"
+                           + _AUTOATTACK_ONLY, choices=SUB_ATTACKS),
+        "norm": Key("Linf", "threat model of autoattack (the other methods' norm is fixed by "
+                            "the method)", choices=NORMS),
+        "n_iter": Key(0, "reduced-cost option: APGD/FAB iterations (0 = the version's); not "
+                         "standard AutoAttack" + _AUTOATTACK_ONLY, range=">= 0"),
+        "n_queries": Key(0, "reduced-cost option: Square queries (0 = the version's); not "
+                            "standard AutoAttack" + _AUTOATTACK_ONLY, range=">= 0"),
+    },
+    "attack_name": Key("pgd", "file name: <attack_dir>/<model_name>_<attack_name>_attack.npy "
+                              "(_c100attack.npy for CIFAR-100)"),
+    "attack_dir": Key("attacks", "folder of the adversarial-example files"),
+    "attack_path": Key("", 'explicit file path; "" = from attack_dir and attack_name'),
+    "eval": {**_EVAL, "bn_mode": replace(_EVAL["bn_mode"], help=_EVAL["bn_mode"].help
+                                         + "; autoattack: eval only")},
+    "precision": dict(_PRECISION),
+}, name="ATTACK", commands=("pgd_attack.py", "run_attack.py"), configs="attack_*.yaml")
 """Shared by pgd_attack.py (writes the file) and run_attack.py (checks it against
 ``attack.eps`` / the method's norm and evaluates), as the original's config_attack.py."""
-ATTACK_CHOICES = {"data.dataset": [""] + _DATASETS,
-                  "attack.method": ["pgd", "fgsm", "pgd_l2", "autoattack"],
-                  "attack.loss": ["xent", "cw"], "eval.bn_mode": ["eval", "train"],
-                  "attack.version": list(VERSIONS), "attack.attacks": list(SUB_ATTACKS),
-                  "attack.norm": list(NORMS),
-                  **_PRECISION_CHOICES}
-ATTACK_RANGES = {**_RUNTIME_RANGES, **_CLASSES_RANGES, **_EVAL_RANGES,
-                 **_in("attack", {**_ATTACK_RANGES, "restarts": ">= 1",
-                                  "n_iter": ">= 0", "n_queries": ">= 0"})}  # 0: standard
 
-# Gradient-masking checks (python -m igam.eval.sanity; README "Evaluating robustness"). Accuracies
-# are compared with ``tolerance`` (a fraction of the examples) to absorb random-start noise.
-SANITY = {
+# Gradient-masking checks (python -m igam.eval.sanity; docs/evaluation.md#gradient-masking-checks)
+SANITY_SCHEMA = Schema({
     **_RUNTIME,
-    "model_dir": ["models/igam_tinyimagenet_to_cifar10"],  # one or more (repeat --model_dir)
-    "data": {"dataset": "", "root": "", **_CLASSES},  # empty: the data in the checkpoints
-    "out": "",                # JSON of all models; "" = <model_dir>/sanity.json per model
-    "curve": "",              # robustness-curve PNG; "" = beside the JSON
+    "seed": replace(_RUNTIME["seed"], help="seeds python, numpy and torch; every attack has its "
+                                           "own generator seeded with it"),
+    "model_dir": Key(["models/igam_tinyimagenet_to_cifar10"], "the models checked, one or more",
+                     repeatable=True),
+    "data": dict(_CHECKPOINT_DATA),
+    "out": Key("", 'one JSON for all models; "" = <model_dir>/sanity.json for each model'),
+    "curve": Key("", 'robustness-curve PNG; "" = <out stem>_curve.png, or '
+                     "<first model_dir>/robustness_curve.png"),
     "sanity": {
-        "num_examples": 500,          # first test examples checked (0 = all)
-        "batch_size": 100,
-        "eps": 8.0,                   # L-inf budget of the steps, Square and noise checks
-        "step_size": 2.0,             # PGD step of the steps check
-        "steps": [5, 20, 100],        # PGD steps compared (accuracy must not rise)
-        "eps_sweep": [2.0, 4.0, 8.0, 16.0, 32.0, 64.0],  # the robustness curve
-        "sweep_steps": 20,            # PGD steps at each eps of the sweep
-        "sweep_step_fraction": 0.25,  # PGD step = fraction * eps in the sweep (2 at eps 8)
-        "square_queries": 1000,       # Square attack queries per example (0 = skip the check)
-        "square_p_init": 0.8,         # Square's initial fraction of pixels per square
-        "noise_draws": 10,            # uniform-noise draws per example (worst case kept)
-        "tolerance": 0.01,
-        "zero_accuracy": 0.05,        # largest eps of the sweep: accuracy must be <= this
-        "max_zero_gradient": 0.01,    # fraction of examples allowed an all-zero input gradient
+        "num_examples": Key(500, "first test examples checked (0 = the whole test set)",
+                            range=">= 0"),
+        "batch_size": Key(100, "batch size of the checks", range=">= 1"),
+        "eps": Key(8.0, "L-inf budget ([0, 255] scale) of the steps, Square and noise checks",
+                   range="> 0"),
+        "step_size": Key(2.0, "PGD step of the steps check", range="> 0"),
+        "steps": Key([5, 20, 100], "PGD steps compared: accuracy must not rise with more steps",
+                     range=">= 1"),
+        "eps_sweep": Key([2.0, 4.0, 8.0, 16.0, 32.0, 64.0], "the robustness curve: accuracy must "
+                                                            "not rise with eps", range="> 0"),
+        "sweep_steps": Key(20, "PGD steps at each eps of the sweep", range=">= 1"),
+        "sweep_step_fraction": Key(0.25, "PGD step = this fraction * eps in the sweep",
+                                   range="> 0"),
+        "square_queries": Key(1000, "black-box Square attack queries per example (0 = skip the "
+                                    "check; AutoAttack uses 5000)", range=">= 0"),
+        "square_p_init": Key(0.8, "Square's initial fraction of pixels changed per square",
+                             range="[0, 1]"),
+        "noise_draws": Key(10, "uniform noise U(-eps, eps) draws per example; the worst case is "
+                               "kept", range=">= 1"),
+        # absorbs random-start noise
+        "tolerance": Key(0.01, "accuracy margin (fraction of the examples) of every comparison",
+                         range=">= 0"),
+        "zero_accuracy": Key(0.05, "at the largest eps of the sweep accuracy must be <= this",
+                             range="[0, 1]"),
+        "max_zero_gradient": Key(0.01, "fraction of examples allowed an all-zero input gradient",
+                                 range="[0, 1]"),
     },
-}
-SANITY_CHOICES = {"data.dataset": [""] + _DATASETS}
-SANITY_RANGES = {**_RUNTIME_RANGES, **_CLASSES_RANGES, **_in("sanity", {
-    "num_examples": ">= 0", "batch_size": ">= 1", "eps": "> 0", "step_size": "> 0",
-    "steps": ">= 1", "eps_sweep": "> 0", "sweep_steps": ">= 1", "sweep_step_fraction": "> 0",
-    "square_queries": ">= 0", "square_p_init": "[0, 1]", "noise_draws": ">= 1",
-    "tolerance": ">= 0", "zero_accuracy": "[0, 1]", "max_zero_gradient": "[0, 1]"})}
+}, name="SANITY", commands=("python -m igam.eval.sanity",), configs="sanity.yaml")
 
-# Input-gradient pictures and the alignment number (python -m igam.eval.visualize).
-VISUALIZE = {
+# Input-gradient pictures and the alignment number (python -m igam.eval.visualize)
+VISUALIZE_SCHEMA = Schema({
     **_RUNTIME,
-    "teacher_dir": "models/teacher_tinyimagenet_to_cifar10",
-    "student_dir": ["models/igam_tinyimagenet_to_cifar10"],  # one or more (repeat --student_dir)
-    "data": {"dataset": "", "root": "", **_CLASSES},  # empty: the data in the checkpoints
-    "out": "input_gradients.png",   # the picture
-    "alignment_out": "",            # alignment JSON; "" = the picture's path with .json
-    "picture": {"num_images": 8, "scale": 3, "clip_std": 3.0},
-    "alignment": {"num_examples": 0, "batch_size": 100},  # 0 = the whole test set
-}
-VISUALIZE_CHOICES = {"data.dataset": [""] + _DATASETS}
-VISUALIZE_RANGES = {**_RUNTIME_RANGES, **_CLASSES_RANGES,
-                    **_in("picture", {"num_images": ">= 1", "scale": ">= 1", "clip_std": "> 0"}),
-                    **_in("alignment", {"num_examples": ">= 0", "batch_size": ">= 1"})}
+    "seed": replace(_RUNTIME["seed"], help="seeds python, numpy and torch (nothing here is "
+                                           "random)"),
+    "teacher_dir": Key("models/teacher_tinyimagenet_to_cifar10",
+                       "the reference model (a teacher: target head, upresize)"),
+    "student_dir": Key(["models/igam_tinyimagenet_to_cifar10"],
+                       "the students compared with it, one or more", repeatable=True),
+    "data": dict(_CHECKPOINT_DATA),
+    "out": Key("input_gradients.png", "the picture (PNG)"),
+    "alignment_out": Key("", 'alignment JSON; "" = the picture\'s path with .json'),
+    "picture": {
+        "num_images": Key(8, "columns: the first test images", range=">= 1"),
+        "scale": Key(3, "each image upscaled (nearest neighbour) by this factor", range=">= 1"),
+        "clip_std": Key(3.0, "display: gradient / (clip_std * its std), clipped to [-1, 1] -> "
+                             "[0, 1]", range="> 0"),
+    },
+    "alignment": {
+        "num_examples": Key(0, "first test examples averaged over (0 = the whole test set)",
+                            range=">= 0"),
+        "batch_size": Key(100, "batch size", range=">= 1"),
+    },
+}, name="VISUALIZE", commands=("python -m igam.eval.visualize",), configs="visualize.yaml")
+
+SCHEMAS = (ADVTRAIN_SCHEMA, FINETUNE_SCHEMA, IGAM_SCHEMA, ATTACK_SCHEMA, SANITY_SCHEMA,
+           VISUALIZE_SCHEMA)
+
+# The plain views (nested defaults, dotted choices and ranges) of each schema
+ADVTRAIN, ADVTRAIN_CHOICES, ADVTRAIN_RANGES = (ADVTRAIN_SCHEMA.defaults, ADVTRAIN_SCHEMA.choices,
+                                               ADVTRAIN_SCHEMA.ranges)
+FINETUNE, FINETUNE_CHOICES, FINETUNE_RANGES = (FINETUNE_SCHEMA.defaults, FINETUNE_SCHEMA.choices,
+                                               FINETUNE_SCHEMA.ranges)
+IGAM, IGAM_CHOICES, IGAM_RANGES = IGAM_SCHEMA.defaults, IGAM_SCHEMA.choices, IGAM_SCHEMA.ranges
+ATTACK, ATTACK_CHOICES, ATTACK_RANGES = (ATTACK_SCHEMA.defaults, ATTACK_SCHEMA.choices,
+                                         ATTACK_SCHEMA.ranges)
+SANITY, SANITY_CHOICES, SANITY_RANGES = (SANITY_SCHEMA.defaults, SANITY_SCHEMA.choices,
+                                         SANITY_SCHEMA.ranges)
+VISUALIZE, VISUALIZE_CHOICES, VISUALIZE_RANGES = (VISUALIZE_SCHEMA.defaults,
+                                                  VISUALIZE_SCHEMA.choices,
+                                                  VISUALIZE_SCHEMA.ranges)
+
