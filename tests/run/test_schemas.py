@@ -1,9 +1,13 @@
 """The declared config keys of the entry scripts and tools (igam.run.schemas): every key has
-a help line, the declarations follow the method they configure."""
+a help line, the declarations follow the method they configure, and docs/config_keys.md is
+what the code generates."""
 
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +15,7 @@ from igam.models import InputGradientDiscriminator
 from igam.run import schemas
 from igam.run.config import Schema
 
+REPO = Path(__file__).resolve().parents[2]
 SCHEMA_IDS = [s.name for s in schemas.SCHEMAS]
 
 
@@ -38,3 +43,24 @@ def test_discriminator_keys_are_its_signature():
     help line is declared in _DISC_HELP."""
     params = set(inspect.signature(InputGradientDiscriminator).parameters) - {"image_size"}
     assert set(schemas.IGAM["discriminator"]) == params
+
+
+def test_config_keys_page_is_what_the_code_generates():
+    """docs/config_keys.md is generated; after changing a declaration, regenerate it with
+    python -m igam.run.schemas > docs/config_keys.md"""
+    page = (REPO / "docs/config_keys.md").read_text(encoding="utf-8")
+    generated = schemas.config_keys_markdown()
+    assert page == generated, ("docs/config_keys.md is stale: regenerate it with "
+                               "python -m igam.run.schemas > docs/config_keys.md")
+    out = subprocess.run([sys.executable, "-m", "igam.run.schemas"], cwd=REPO, check=True,
+                         capture_output=True, text=True, encoding="utf-8").stdout
+    assert out == generated
+
+
+def test_config_keys_page_lists_every_key_of_every_script():
+    page = schemas.config_keys_markdown()
+    for schema in schemas.SCHEMAS:
+        section = page.split(f"\n## {', '.join(schema.commands)}\n", 1)[1].split("\n## ")[0]
+        rows = [line.split(" | ")[0].strip("| `") for line in section.splitlines()
+                if line.startswith("| `")]
+        assert rows == list(schema.flat), schema.name
