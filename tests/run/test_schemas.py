@@ -1,9 +1,11 @@
 """The declared config keys of the entry scripts and tools (igam.run.schemas): every key has
-a help line, the declarations follow the method they configure, and docs/config_keys.md is
+a help line, the declarations follow the method they configure, every YAML file in configs/
+loads through the schema its name says and holds only overrides, and docs/config_keys.md is
 what the code generates."""
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import pytest
 
 from igam.models import InputGradientDiscriminator
 from igam.run import schemas
-from igam.run.config import Schema
+from igam.run.config import Schema, config_to_flat, load_config, load_yaml_file
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_IDS = [s.name for s in schemas.SCHEMAS]
@@ -64,3 +66,60 @@ def test_config_keys_page_lists_every_key_of_every_script():
         rows = [line.split(" | ")[0].strip("| `") for line in section.splitlines()
                 if line.startswith("| `")]
         assert rows == list(schema.flat), schema.name
+
+
+# ----------------------------------------------------------------------------------------------
+# configs/*.yaml
+
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+# Keys a file states even at their default: they name the pair (data, run folders) or the
+# attack (method, steps, file name) the file is for.
+NAMING_KEYS = {"model_dir", "teacher_dir", "source_model_dir", "data.dataset", "data.root",
+               "attack.method", "attack.steps", "attack_name"}
+
+
+def schema_of(path: Path) -> Schema:
+    """The schema whose ``configs`` pattern claims the file name; fails unless exactly one."""
+    claims = [s for s in schemas.SCHEMAS if fnmatch.fnmatch(path.name, s.configs)]
+    assert len(claims) == 1, (f"configs/{path.name} is claimed by "
+                              f"{[s.name for s in claims] or 'no schema'}: name it after its "
+                              "script (advtrain_*, finetune_*, igam_*, attack_*, sanity, "
+                              "visualize)")
+    return claims[0]
+
+
+def test_the_configs_are_found_and_every_schema_has_one():
+    names = {p.name for p in CONFIGS}
+    assert {"advtrain_tinyimagenet.yaml", "igam_cifar10_to_cifar100.yaml", "attack_fgsm.yaml",
+            "sanity.yaml", "visualize.yaml"} <= names
+    for schema in schemas.SCHEMAS:
+        assert fnmatch.filter(names, schema.configs), schema.name
+
+
+def test_a_yaml_no_schema_claims_fails(tmp_path):
+    with pytest.raises(AssertionError, match="no schema"):
+        schema_of(tmp_path / "pgd_attack.yaml")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_config_file_loads_through_its_schema(path):
+    """Keys, types, choices and ranges of the file are checked by load_config."""
+    schema = schema_of(path)
+    cfg = load_config(schema, ["--config", str(path)])
+    assert list(config_to_flat(cfg)) == list(schema.flat)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_config_file_holds_only_overrides_under_a_header(path):
+    """A file sets only what its step, pair or attack changes, plus the keys that name it;
+    its header says how to run it and where every key is described."""
+    schema = schema_of(path)
+    defaults = config_to_flat(schema.defaults)
+    resolved = config_to_flat(load_config(schema, ["--config", str(path)]))
+    for key in config_to_flat(load_yaml_file(path)):
+        assert key in NAMING_KEYS or resolved[key] != defaults[key], (
+            f"{path.name}: '{key}' repeats its default")
+    text = path.read_text(encoding="utf-8")
+    header = text.split("\n\n", 1)[0]
+    assert all(line.startswith("#") for line in header.splitlines()), path.name
+    assert "Run:" in header and "docs/config_keys.md" in header and "--help" in header
