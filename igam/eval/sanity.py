@@ -6,7 +6,7 @@ gradients, as IGAM does, are the ones whose gradients can mislead a gradient-bas
 each check below is a property every honestly robust model has, and a flag says where to
 look harder (docs/evaluation.md):
 
-- ``steps``: accuracy under L-inf PGD does not rise with more steps (5, 20, 100);
+- ``steps``: accuracy under L-inf PGD does not rise with more steps (``sanity.steps``);
 - ``eps_monotone``: accuracy does not rise with eps (the robustness curve, clean at eps 0);
 - ``eps_large``: at the largest eps of the sweep accuracy is ~0 (an unbounded attack must win);
 - ``square``: white-box PGD is at most as accurate as the black-box Square attack
