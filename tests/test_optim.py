@@ -3,7 +3,9 @@
 * AdamTF1 (TF1's Adam: epsilon added to the raw sqrt(v)) against the formula in numpy float64,
   against torch.optim.Adam where the two rules agree and where they must differ; resuming: its
   own state continues exactly, a torch.optim.Adam state of earlier versions is refused with a
-  one-line CheckpointError naming the file."""
+  one-line CheckpointError naming the file.
+* sgd against tf.train.MomentumOptimizer's rule across a learning-rate boundary, and the
+  discriminator's SGD reading the learning rate of the incremented global step."""
 
 from __future__ import annotations
 
@@ -22,8 +24,11 @@ from igam.models import InputGradientDiscriminator, Teacher, WideResNet
 from igam.objective import IGAMSettings, IGAMTrainer
 from igam.optim import (
     AdamTF1,
+    PiecewiseConstant,
     adam,
     decay_parameters,
+    set_lr,
+    sgd,
     weight_decay_loss,
 )
 from igam.training import HeadFinetuner
@@ -276,3 +281,50 @@ def test_resuming_a_torch_adam_discriminator_checkpoint_is_refused(tmp_path):
                             extras={"discriminator": disc}).restore(path)
     _assert_refused(exc_info, path)
 
+
+def test_sgd_is_tf_momentum_optimizer_across_a_learning_rate_boundary():
+    """accum = momentum * accum + (g + wd * w); w -= lr(step) * accum, lr read at the step
+    before it is incremented; the accumulator is not rescaled when the rate changes."""
+    wd, momentum = 2e-4, 0.9
+    schedule = PiecewiseConstant([[0, 0.1], [2, 0.01]])
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).double()
+    decayed = {id(p) for p in decay_parameters(module)[0]}
+    params = list(module.parameters())
+    opt = sgd(module, schedule(0), momentum, wd)
+    rng = np.random.default_rng(3)
+    grads = [[rng.standard_normal(p.shape) for p in params] for _ in range(5)]
+    w = [p.detach().numpy().copy() for p in params]
+    accum = [np.zeros_like(x) for x in w]
+    for step, step_grads in enumerate(grads):
+        set_lr(opt, schedule(step))
+        for p, g in zip(params, step_grads):
+            p.grad = torch.tensor(g)
+        opt.step()
+        for i, p in enumerate(params):
+            g = step_grads[i] + (wd * w[i] if id(p) in decayed else 0.0)
+            accum[i] = momentum * accum[i] + g
+            w[i] = w[i] - schedule(step) * accum[i]
+    for i, p in enumerate(params):
+        np.testing.assert_allclose(p.detach().numpy(), w[i], rtol=1e-12, atol=1e-15)
+
+
+def test_discriminator_sgd_reads_the_incremented_global_step():
+    """same_optimizer: the discriminator step runs after the student's global-step increment,
+    so at iteration ii it uses lr(ii + 1) while the student used lr(ii) (the original's shared
+    learning_rate tensor, evaluated in a later session.run)."""
+    torch.manual_seed(0)
+    student = WideResNet(10, (4, 4, 6, 8), 1, "zero_mean_l2")
+    teacher = _tiny_teacher()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    disc = InputGradientDiscriminator(image_size=8, num_conv_layers=2, base_channels=4)
+    s = IGAMSettings(lr_schedule=((0, 0.1), (1, 0.01)), disc_update_steps=1,
+                     steps_before_adv_opt=0, same_optimizer=True)
+    tr = IGAMTrainer(student, teacher, disc, s)
+    x, y = torch.rand(4, 3, 8, 8) * 255, torch.arange(4)
+    lrs = []
+    for _ in range(3):
+        tr.step(x, y)
+        lrs.append((tr.student_opt.param_groups[0]["lr"], tr.disc_opt.param_groups[0]["lr"]))
+    assert lrs == [(0.1, 0.1), (0.1, 0.01), (0.01, 0.01)]
