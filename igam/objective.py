@@ -13,7 +13,8 @@ Discriminator loss (minimised by the discriminator): L_D = D_xent + its wd-term,
 * the L2 term is a batch SUM (the original's ``reduce_mean(reduce_sum(..., keepdims=True))``
   is a mean over a single element).
 
-The weight-decay terms are applied by the optimisers (``igam.optim.sgd``), not added here.
+The weight-decay terms are applied by the optimisers (``igam.optim.sgd`` / ``igam.optim.adam``),
+not added here.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class IGAMSettings:
     img_random_pert: bool = False
     eps: float = 8.0
     same_optimizer: bool = True
-    disc_adam_lr: float = 1e-3  # the original's Adam for the discriminator (not a flag)
+    disc_adam_lr: float = 1e-3  # the original's AdamOptimizer(0.001), not a flag (AdamTF1)
 
     @classmethod
     def from_config(cls, cfg) -> IGAMSettings:
@@ -114,8 +115,10 @@ class IGAMTrainer:
          teacher gives the same g_t for the same x).
     One SGD optimiser (one momentum buffer) serves both student losses. The discriminator's
     optimiser is SGD on the same schedule (``same_optimizer``) - read at the incremented
-    global step, as the original's shared ``learning_rate`` tensor - or Adam(1e-3); either
-    minimises D_xent + weight_decay * the discriminator's conv/FC weight term.
+    global step, as the original's shared ``learning_rate`` tensor - or the original's
+    ``tf.train.AdamOptimizer(1e-3)`` (``igam.optim.adam``: :class:`igam.optim.AdamTF1`, TF1's
+    epsilon placement); either minimises D_xent + weight_decay * the discriminator's conv/FC
+    weight term.
 
     Data parallel (``igam.run.distributed``): g_s is taken with ``torch.autograd.grad`` w.r.t. x
     only, which fires no DDP hook; the student's ``backward(inputs=student params)`` fires the

@@ -1,7 +1,7 @@
 """Training steps shared by the entry scripts, besides IGAM itself (``igam.objective``).
 
 * :class:`ClassifierTrainer` - plain or PGD adversarial training of a classifier (original.md §5).
-* :class:`HeadFinetuner` - fit the teacher's new target head with Adam (original.md §6).
+* :class:`HeadFinetuner` - fit the teacher's new target head with TF1's Adam (original.md §6).
 * :func:`evaluate` - accuracy on every example once (clean or under an attack).
 * :func:`recalibrate_bn` - re-estimate BatchNorm running statistics on target data (original.md §6).
 """
@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from igam.ops import frozen_bn_stats, model_mode, set_bn_stats
-from igam.optim import PiecewiseConstant, set_lr, sgd, weight_decay_loss
+from igam.optim import AdamTF1, PiecewiseConstant, set_lr, sgd, weight_decay_loss
 
 
 class ClassifierTrainer:
@@ -81,6 +81,8 @@ class ClassifierTrainer:
 class HeadFinetuner:
     """Fit the teacher's new target head (or the whole teacher) with Adam (original.md §6).
 
+    Optimiser, in both modes: :class:`igam.optim.AdamTF1` (lr ``lr``, betas 0.9 / 0.999,
+    eps 1e-8), the original's ``tf.train.AdamOptimizer`` with TF1's epsilon placement.
     Loss, as the original's: CE of the target head + ``weight_decay`` * the source network's
     weight-decay term ``sum(w^2) / 2`` over its conv/FC weights (the source head's included,
     the new head's not: the original built that term before the new head existed). With the
@@ -103,7 +105,7 @@ class HeadFinetuner:
         self.weight_decay = weight_decay if whole_model else 0.0
         params = [p for p in teacher.parameters() if p.requires_grad]
         self.teacher = wrap(teacher) if wrap is not None else teacher
-        self.optimizer = torch.optim.Adam(params, lr=lr)
+        self.optimizer = AdamTF1(params, lr=lr)
         self.global_step = 0
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:

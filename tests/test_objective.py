@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from igam.gradients import input_gradient
 from igam.models import InputGradientDiscriminator, Teacher, WideResNet
 from igam.objective import IGAMSettings, IGAMTrainer, random_pert, student_loss
-from igam.optim import PiecewiseConstant, decay_parameters, sgd, weight_decay_loss
+from igam.optim import AdamTF1, PiecewiseConstant, decay_parameters, sgd, weight_decay_loss
 
 
 def tiny(num_classes=10, widths=(4, 4, 6, 8), dtype=torch.float32):
@@ -164,8 +164,8 @@ def test_igam_trainer_resume_is_exact():
 
 
 def test_adam_discriminator_minimises_xent_plus_its_weight_decay():
-    """same_optimizer false: Adam(1e-3) on D_xent + wd * sum(w^2)/2 over the discriminator's
-    conv/FC weights, as the original's d_optimizer.minimize(total_d_loss)."""
+    """same_optimizer false: TF1's Adam(1e-3) on D_xent + wd * sum(w^2)/2 over the
+    discriminator's conv/FC weights, as the original's d_optimizer.minimize(total_d_loss)."""
     wd = 1.0  # large, so that the term changes the signs Adam's first step follows
     torch.manual_seed(0)
     student, teacher = tiny(), Teacher(tiny(20), 10, bn="batch")
@@ -186,7 +186,7 @@ def test_adam_discriminator_minimises_xent_plus_its_weight_decay():
         d = copy.deepcopy(d_before).train()
         xent = F.cross_entropy(d(g_s, g_t), InputGradientDiscriminator.labels(4))
         dw = [m.weight for m in d.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-        opt = torch.optim.Adam(d.parameters(), lr=1e-3)
+        opt = AdamTF1(d.parameters(), lr=1e-3)
         (xent + weight_decay * sum(w.pow(2).sum() for w in dw) / 2).backward()
         opt.step()
         return d
@@ -199,7 +199,7 @@ def test_adam_discriminator_minimises_xent_plus_its_weight_decay():
 
 def test_adam_discriminator_option_and_random_pert():
     *_, tr = make_igam(same=False)
-    assert isinstance(tr.disc_opt, torch.optim.Adam)
+    assert isinstance(tr.disc_opt, AdamTF1)
     x = torch.tensor([[[[0.0, 255.0, 100.0]]]]).expand(64, 3, 1, 3).contiguous()
     p = random_pert(x, 8.0, torch.Generator().manual_seed(0))
     assert p.min() >= 0 and p.max() <= 255 and (p - x).abs().max() <= 8.0

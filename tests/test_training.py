@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from igam.attacks import PGD
 from igam.models import Teacher, WideResNet
 from igam.ops import frozen_bn_stats
+from igam.optim import AdamTF1
 from igam.training import ClassifierTrainer, HeadFinetuner
 
 PGD_STEPS = 7
@@ -83,13 +84,13 @@ def _finetune_once(whole_model, weight_decay=0.5):
 
 
 def test_whole_model_finetuning_adds_the_source_weight_decay_term():
-    """Adam minimises target-head CE + wd * sum(w^2)/2 over the source's conv/FC weights
+    """TF1's Adam minimises target-head CE + wd * sum(w^2)/2 over the source's conv/FC weights
     (its source head included, the new head not), over source and head."""
     wd = 0.5
     teacher, ref, x, y = _finetune_once(True, wd)
     s0 = ref.source.fc.weight.detach().clone()
     params = [p for n, p in ref.named_parameters() if n != "source.fc.bias"]
-    opt = torch.optim.Adam(params, lr=1e-3)
+    opt = AdamTF1(params, lr=1e-3)
     decay = sum(w.pow(2).sum() for w in _dw(ref.source)) / 2
     loss = F.cross_entropy(ref.train()(x), y) + wd * decay
     loss.backward()
@@ -102,7 +103,7 @@ def test_whole_model_finetuning_adds_the_source_weight_decay_term():
 
 def test_head_finetuning_trains_the_new_head_only_without_decay():
     teacher, ref, x, y = _finetune_once(False)
-    opt = torch.optim.Adam(ref.target_head.parameters(), lr=1e-3)
+    opt = AdamTF1(ref.target_head.parameters(), lr=1e-3)
     F.cross_entropy(ref.train()(x), y).backward()
     opt.step()
     for (name, got), want in zip(teacher.named_parameters(), ref.parameters()):

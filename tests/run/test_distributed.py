@@ -4,7 +4,7 @@
   step with the double-backward loss, discriminator step), give the same parameters as the
   single-process reference that runs one replica per rank on that rank's batch and averages
   the replicas' gradients (what DDP computes: BatchNorm uses per-rank batch statistics);
-* whole-model teacher finetuning (Adam on CE + the source's weight-decay term, whose source
+* whole-model teacher finetuning (TF1's Adam on CE + the source's weight-decay term, whose source
   head gets a gradient only from that term) matches its reference too;
 * sharded evaluation and BN recalibration equal the single-process ones;
 * ``torchrun --nproc_per_node 2 train_igam.py`` writes one checkpoint / metrics file, and a
@@ -32,7 +32,7 @@ from igam.data import ArrayDataset, eval_batches
 from igam.gradients import input_gradient
 from igam.models import InputGradientDiscriminator, Teacher, WideResNet
 from igam.objective import IGAMSettings, IGAMTrainer, discriminator_xent, student_loss
-from igam.optim import PiecewiseConstant, set_lr, sgd
+from igam.optim import AdamTF1, PiecewiseConstant, set_lr, sgd
 from igam.run import distributed, engine
 from igam.training import ClassifierTrainer, HeadFinetuner, recalibrate_bn
 
@@ -249,7 +249,7 @@ def _reference_finetune() -> dict:
     teacher = _teacher()
     teacher.source.fc.bias.requires_grad_(False)  # no gradient in the original's loss either
     params = [p for p in teacher.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=1e-3)
+    opt = AdamTF1(params, lr=1e-3)
     reps = [copy.deepcopy(teacher) for _ in range(WORLD)]
     for x, y in _batches(2):
         grads = []
