@@ -51,7 +51,9 @@ igam.training
     recalibrate_bn(model, batches)
 igam.optim
     sgd(module, lr, momentum, weight_decay)   weight decay on conv/FC weights only
-    adam(module, lr, weight_decay)            Adam, the same weight decay (L2, not AdamW)
+    AdamTF1(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0)
+                                              tf.train.AdamOptimizer's rule (eps on raw sqrt(v))
+    adam(module, lr, weight_decay)            AdamTF1, the same weight decay (L2, not AdamW)
     weight_decay_loss(module)                 sum(w^2) / 2 over conv/FC weights (differentiable)
     PiecewiseConstant(schedule)(step) -> lr   tf.train.piecewise_constant semantics
 igam.attacks

@@ -96,7 +96,7 @@ class AdamTF1(torch.optim.Optimizer):
 
     Every parameter group carries ``update_rule`` = :attr:`UPDATE_RULE`, so the rule is
     recorded in ``state_dict()`` and hence in run checkpoints. :meth:`load_state_dict`
-    refuses (ValueError; ``igam.engine.Checkpointer`` turns it into a one-line
+    refuses (ValueError; ``igam.run.engine.Checkpointer`` turns it into a one-line
     CheckpointError naming the file) a state written by another optimiser - in particular
     by ``torch.optim.Adam``, which earlier versions of the port used here: its moments are
     the same, but continuing them under another rule would switch rules mid-run.

@@ -17,8 +17,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-from igam import engine
-from igam.checkpoint import load_checkpoint, save_checkpoint
 from igam.errors import CheckpointError
 from igam.models import InputGradientDiscriminator, Teacher, WideResNet
 from igam.objective import IGAMSettings, IGAMTrainer
@@ -31,6 +29,8 @@ from igam.optim import (
     sgd,
     weight_decay_loss,
 )
+from igam.run import engine
+from igam.run.checkpoint import load_checkpoint, save_checkpoint
 from igam.training import HeadFinetuner
 
 LR, BETAS, EPS = 1e-3, (0.9, 0.999), 1e-8
