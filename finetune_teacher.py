@@ -1,9 +1,9 @@
 """Step 2 - fit a new target-task head on the frozen robust source model: the teacher.
 
 Port of the original ``train_igam*.py --train_finetune_source_model --only_finetune``
-(original.md §6): only the new head ``target_task_logit`` is trained, with TF1's Adam (lr 1e-3, ``igam.optim.AdamTF1``), on
-augmented target-task data; the source network runs with batch-statistics BatchNorm, as in the
-original.
+(original.md §6): only the new head ``target_task_logit`` is trained, with TF1's Adam (lr 1e-3,
+``igam.optim.AdamTF1``), on augmented target-task data; the source network runs with
+batch-statistics BatchNorm, as in the original.
 TinyImageNet -> CIFAR-10 resizes 32 -> 64 with TF1's bilinear resize ("upresize").
 
 Afterwards (option ``finetune.recalibrate_bn``) the BatchNorm running statistics are
