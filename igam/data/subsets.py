@@ -23,6 +23,19 @@ from igam.errors import ConfigError, DataError
 MIN_CLASSES = 2  # a softmax over one class has no input gradient: nothing to learn or align
 
 
+def canonical_class_subset(data_cfg: Mapping[str, Any]) -> dict:
+    """The ``data`` section with its class selection written one way: ``classes`` as a list and
+    ``num_classes`` 0 (a count k becomes ``[0, ..., k-1]``, also when the list already says
+    so). Lets a resumed run compare, and merge, ``--data.num_classes 5`` with the
+    ``classes: [0, 1, 2, 3, 4]`` its run folder saved. Selections that contradict each other
+    are left for :func:`resolve_classes` to refuse."""
+    classes = list(data_cfg.get("classes") or [])
+    count = data_cfg.get("num_classes") or 0
+    if count and (not classes or classes == list(range(count))):
+        classes, count = list(range(count)), 0
+    return {**data_cfg, "classes": classes, "num_classes": count}
+
+
 def resolve_classes(data_cfg: Mapping[str, Any], total: int, dataset: str) -> Optional[List[int]]:
     """The original class indices selected by ``data.classes`` / ``data.num_classes``.
 

@@ -58,11 +58,15 @@ from igam.errors import ConfigError
 from igam.run.files import atomic_write_text
 
 CLI = "the command line"
+RUN_CONFIG_NAME = "config.yaml"  # a run folder's config and checkpoint (igam.run.rundir)
+RUN_CHECKPOINT_NAME = "checkpoint.pt"
 _RESERVED = ("config", "help")
 
 __all__ = [
     "Key",
     "Schema",
+    "check_resume",
+    "config_changes",
     "config_to_flat",
     "dump_config",
     "format_help",
@@ -205,7 +209,10 @@ class Key:
     values (of every element of a list key); ``range`` is the allowed range of a numeric key
     (``">= 1"``, ``"> 0"``, ``"[0, 1]"``, ``"schedule"``); a ``repeatable`` list key
     accumulates its command-line occurrences (``--model_dir a --model_dir b`` gives
-    ``[a, b]``, replacing the files' value) instead of the last one winning.
+    ``[a, b]``, replacing the files' value) instead of the last one winning. A ``resumable``
+    key may take another value when a run resumes (``--resume``), because it cannot alter the
+    steps already made (more steps, log / checkpoint frequency, device, the final evaluation);
+    any other change is refused (:func:`check_resume`).
     """
 
     default: Any
@@ -213,6 +220,7 @@ class Key:
     choices: tuple[Any, ...] | None = None
     range: str | None = None
     repeatable: bool = False
+    resumable: bool = False
 
     def __post_init__(self):
         if self.choices is not None:
@@ -248,13 +256,17 @@ class Schema:
 
     Derived views (what :func:`load_config` works with): ``flat`` (dotted key -> Key),
     ``defaults`` (the nested dict of defaults), and the dotted ``choices``, ``ranges``,
-    ``help`` and ``repeatable``. A default outside its choices or range, or a help text that is
-    empty or not one line, raises ValueError when the schema is built.
+    ``help``, ``repeatable`` and ``resumable``. A default outside its choices or range, or a
+    help text that is empty or not one line, raises ValueError when the schema is built.
+    ``canonical`` (resolved config -> the same config written one way, e.g. a class subset)
+    is applied before a resumed run's config is compared with its saved one.
     """
 
     def __init__(self, keys: Mapping[str, Any], *, name: str = "",
-                 commands: Sequence[str] = (), configs: str = ""):
+                 commands: Sequence[str] = (), configs: str = "",
+                 canonical: Callable[[dict], dict] | None = None):
         self.keys = keys
+        self.canonical = canonical or (lambda cfg: cfg)
         self.name = name
         self.commands = tuple(commands)
         self.configs = configs
@@ -264,6 +276,7 @@ class Schema:
         self.ranges = {k: v.range for k, v in self.flat.items() if v.range is not None}
         self.help = {k: v.help for k, v in self.flat.items()}
         self.repeatable = tuple(k for k, v in self.flat.items() if v.repeatable)
+        self.resumable = tuple(k for k, v in self.flat.items() if v.resumable)
         for key, text in self.help.items():
             if not isinstance(text, str) or not text.strip() or "\n" in text:
                 raise ValueError(f"help of config key '{key}' must be one non-empty line")
@@ -741,7 +754,14 @@ def load_config(
     ``sys.argv[1:]``; ``--help`` prints :func:`format_help` and raises ``SystemExit(0)``.
     Returns a fresh nested dict (tuples in the defaults become lists). Invalid input raises
     :class:`ConfigError` (see the module docstring).
+
+    Resuming (a schema with ``resume``, ``resume`` true, ``<model_dir>/config.yaml`` present):
+    the run's saved config replaces the defaults as the base, so ``--resume --model_dir DIR``
+    alone continues the run as it was; files and command line apply on top, and with a
+    checkpoint in the folder any change of a key not declared ``resumable`` is refused
+    (:func:`check_resume`) before anything is written.
     """
+    schema = defaults
     defaults, choices, ranges, key_help, repeatable = _views(
         defaults, choices, ranges, key_help, repeatable)
     _validate_schema(defaults, choices, ranges)
@@ -751,19 +771,69 @@ def load_config(
                                      repeatable))
         sys.stdout.flush()
         raise SystemExit(0)
-    cfg = _plain(copy.deepcopy(dict(defaults)))
-    for file in files:
-        cfg = merge_config(cfg, load_yaml_file(file), defaults, str(file), choices, ranges)
-    ctx = _Context(defaults, CLI, choices, ranges)
-    gathered: dict[str, list[Any]] = {}
-    for key, raw in items:
-        if key in repeatable and raw is not None:
-            value = _cli_update(key, raw, defaults, ctx)
-            for part in key.split("."):
-                value = value[part]
-            gathered.setdefault(key, []).extend(value if isinstance(value, list) else [value])
-            update = _nest(key, list(gathered[key]))
-        else:
-            update = _cli_update(key, raw, defaults, ctx)
-        cfg = merge_config(cfg, update, defaults, CLI, choices, ranges)
+
+    def resolve(base: dict[str, Any]) -> dict[str, Any]:
+        cfg = base
+        for file in files:
+            cfg = merge_config(cfg, load_yaml_file(file), defaults, str(file), choices, ranges)
+        ctx = _Context(defaults, CLI, choices, ranges)
+        gathered: dict[str, list[Any]] = {}
+        for key, raw in items:
+            if key in repeatable and raw is not None:
+                value = _cli_update(key, raw, defaults, ctx)
+                for part in key.split("."):
+                    value = value[part]
+                gathered.setdefault(key, []).extend(value if isinstance(value, list) else [value])
+                update = _nest(key, list(gathered[key]))
+            else:
+                update = _cli_update(key, raw, defaults, ctx)
+            cfg = merge_config(cfg, update, defaults, CLI, choices, ranges)
+        return cfg
+
+    cfg = resolve(_plain(copy.deepcopy(dict(defaults))))
+    saved = _resumed_run_config(cfg, defaults, choices, ranges)
+    if saved is not None:  # the run's own config is the base; files and command line on top
+        cfg = resolve(saved)
+        if isinstance(schema, Schema):
+            saved, cfg = schema.canonical(saved), schema.canonical(cfg)
+            check_resume(saved, cfg, schema.resumable, cfg["model_dir"])
     return cfg
+
+
+def _resumed_run_config(cfg: Mapping[str, Any], defaults: Mapping[str, Any], choices,
+                        ranges) -> dict[str, Any] | None:
+    """The resolved config saved in the run folder that ``cfg`` resumes (``resume`` true and
+    ``<model_dir>/config.yaml`` present), or None."""
+    if not (cfg.get("resume") is True and isinstance(cfg.get("model_dir"), str)):
+        return None
+    path = Path(cfg["model_dir"]) / RUN_CONFIG_NAME
+    if not path.is_file():
+        return None
+    base = _plain(copy.deepcopy(dict(defaults)))
+    return merge_config(base, load_yaml_file(path), defaults, str(path), choices, ranges)
+
+
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (old value, new value)}`` for every key whose value differs."""
+    a, b = config_to_flat(old), config_to_flat(new)
+    return {k: (a.get(k), b.get(k)) for k in list(a) + [k for k in b if k not in a]
+            if a.get(k) != b.get(k)}
+
+
+def check_resume(saved: Mapping[str, Any], cfg: Mapping[str, Any], resumable: Sequence[str],
+                 model_dir: str) -> None:
+    """ConfigError if ``cfg`` continues the run whose saved config is ``saved`` (and which
+    holds a checkpoint) with another value of a key that is not ``resumable``: the steps
+    already made would then belong to another config. Names each such key with both values.
+    A run folder without a checkpoint starts afresh, so anything may change there."""
+    if not (Path(model_dir) / RUN_CHECKPOINT_NAME).is_file():
+        return
+    refused = {k: v for k, v in config_changes(saved, cfg).items() if k not in resumable}
+    if refused:
+        changes = ", ".join(f"{k} {_show(a)} -> {_show(b)}" for k, (a, b) in refused.items())
+        raise ConfigError(
+            f"cannot resume {model_dir} with another {changes} than the run was started with "
+            f"({Path(model_dir) / RUN_CONFIG_NAME}); a resume may change only keys that cannot "
+            "alter the steps already made (docs/config_keys.md, 'on resume'): drop these "
+            "overrides (--resume --model_dir DIR alone continues the run as it was), or start "
+            "a new run (another model_dir, or --overwrite)")

@@ -3,7 +3,10 @@
 A run folder (``models/<name>/``) holds:
 
 - ``checkpoint.pt``  latest checkpoint (see :mod:`igam.run.checkpoint`),
-- ``config.yaml``    the resolved config the run was (last) started with,
+- ``config.yaml``    the resolved config the run was started with (never rewritten by a
+  resume: a resume takes it as its base, and may change only the keys declared ``resumable``),
+- ``config_history.jsonl``  one JSON object per start or resume: time, command line, and the
+  keys a resume changed with their old and new values,
 - ``metrics.jsonl``  one JSON object per logged step.
 """
 
@@ -13,20 +16,28 @@ import contextlib
 import datetime
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from igam.errors import ConfigError
-from igam.run.config import save_config
+from igam.run.config import (
+    RUN_CHECKPOINT_NAME,
+    RUN_CONFIG_NAME,
+    config_changes,
+    load_yaml_file,
+    save_config,
+)
 from igam.run.files import atomic_write, atomic_write_text, to_json_value, write_json
 
-CHECKPOINT_NAME = "checkpoint.pt"
-CONFIG_NAME = "config.yaml"
+CHECKPOINT_NAME = RUN_CHECKPOINT_NAME
+CONFIG_NAME = RUN_CONFIG_NAME
+HISTORY_NAME = "config_history.jsonl"
 METRICS_NAME = "metrics.jsonl"
 
-__all__ = ["CHECKPOINT_NAME", "CONFIG_NAME", "METRICS_NAME", "MetricsLogger", "RunDir",
-           "prepare_run_dir"]
+__all__ = ["CHECKPOINT_NAME", "CONFIG_NAME", "HISTORY_NAME", "METRICS_NAME", "MetricsLogger",
+           "RunDir", "prepare_run_dir"]
 
 
 class MetricsLogger:
@@ -131,7 +142,11 @@ def prepare_run_dir(
       e.g. evaluation outputs, are kept) and the run starts fresh.
     - ``resume`` with no checkpoint yet: the run starts fresh.
 
-    ``cfg`` (if not None) is written to ``config.yaml``, replacing an older one.
+    ``cfg`` (if not None) is written to ``config.yaml`` when the run starts (afresh or over);
+    a resumed run keeps the ``config.yaml`` it started with (``load_config`` has already
+    refused any change that is not ``resumable``). Either way one record is appended to
+    ``config_history.jsonl``: the event, the time, the command line and, for a resume, the
+    keys it changed (``{key: [old, new]}``).
     """
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; pass only one")
@@ -157,5 +172,16 @@ def prepare_run_dir(
                 "start it over, or choose another model_dir"
             )
     if cfg is not None:
-        save_config(cfg, run_path / CONFIG_NAME)
+        record: dict[str, Any] = {
+            "event": "resume" if resume_from is not None else "start",
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": [sys.executable, *sys.argv]}
+        config_file = run_path / CONFIG_NAME
+        if resume_from is not None and config_file.is_file():
+            changes = config_changes(load_yaml_file(config_file), to_json_value(dict(cfg)))
+            record["changes"] = {k: [old, new] for k, (old, new) in changes.items()}
+        else:
+            save_config(cfg, config_file)
+        with open(run_path / HISTORY_NAME, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(to_json_value(record), allow_nan=False) + "\n")
     return RunDir(path=run_path, resume_from=resume_from)

@@ -30,6 +30,7 @@ import sys
 from dataclasses import replace
 from typing import Any
 
+from igam.data.subsets import canonical_class_subset
 from igam.eval.autoattack import NORMS, SUB_ATTACKS, VERSIONS
 from igam.models import InputGradientDiscriminator
 from igam.objective import IGAMSettings
@@ -50,7 +51,8 @@ _DATASETS = ("cifar10", "cifar100", "tinyimagenet")
 
 _RUNTIME = {
     "seed": Key(0, "seeds python, numpy and torch (one seed for the whole run)", range=">= 0"),
-    "device": Key("auto", "compute device: auto (CUDA if available), cpu, cuda, cuda:N or mps"),
+    "device": Key("auto", "compute device: auto (CUDA if available), cpu, cuda, cuda:N or mps",
+                  resumable=True),
     "allow_tf32": Key(False, "TF32 matmuls/convolutions on Ampere+ GPUs: faster, less faithful; "
                              "off because input gradients are fp32-sensitive (original.md §1)"),
 }
@@ -60,12 +62,15 @@ def _run(model_dir: str, what: str) -> dict[str, Key]:
     """The run-folder keys of a training script whose run folder holds ``what``."""
     return {
         "model_dir": Key(model_dir, f"run folder of {what}: checkpoint.pt, config.yaml, "
-                                    "metrics.jsonl"),
-        "resume": Key(False, "continue the run in model_dir from its last checkpoint"),
-        "overwrite": Key(False, "start afresh even if model_dir already holds a run"),
-        "log_every": Key(100, "steps between log lines and metrics.jsonl records", range=">= 1"),
+                                    "metrics.jsonl", resumable=True),
+        "resume": Key(False, "continue the run in model_dir from its last checkpoint, with the "
+                             "config.yaml it started with as the base", resumable=True),
+        "overwrite": Key(False, "start afresh even if model_dir already holds a run",
+                         resumable=True),
+        "log_every": Key(100, "steps between log lines and metrics.jsonl records", range=">= 1",
+                         resumable=True),
         "checkpoint_every": Key(1000, "steps between atomic checkpoints (a crash loses at most "
-                                      "this many)", range=">= 1"),
+                                      "this many)", range=">= 1", resumable=True),
     }
 
 
@@ -82,7 +87,8 @@ _ROOT_HELP = ("dataset folder: the official download layout (cifar-10-batches-py
 
 def _train_data(dataset: str, root: str, what: str) -> dict[str, Key]:
     """The data section of a training script."""
-    return {"dataset": Key(dataset, what, choices=_DATASETS), "root": Key(root, _ROOT_HELP),
+    return {"dataset": Key(dataset, what, choices=_DATASETS),
+            "root": Key(root, _ROOT_HELP, resumable=True),
             **_CLASSES}
 
 
@@ -109,7 +115,7 @@ _WRN = {
 }
 
 # SGD with the original's piecewise-constant learning rate (original.md §4, §5)
-_STEPS = Key(320000, "SGD steps (the original's train_steps)", range=">= 1")
+_STEPS = Key(320000, "SGD steps (the original's train_steps)", range=">= 1", resumable=True)
 _BATCH = Key(32, "training batch per process (torchrun: global batch = N x this)", range=">= 1")
 _LR_SCHEDULE = Key(PAPER_LR, "[step, lr] pairs: lr_k holds while step <= the next boundary "
                              "(the original's step_size_schedule)", range="schedule")
@@ -122,7 +128,7 @@ _AUGMENT = Key(True, "pad 2 + random crop + horizontal flip")
 _IMG_RANDOM_PERT = Key(False, "add U(-eps, eps) noise to the training images")
 _PERT_EPS = Key(8.0, "noise level of img_random_pert ([0, 255] pixel scale)", range=">= 0")
 _SAVE_GRADIENTS = Key(False, "also save the trained model's input gradients on the train and "
-                             "test sets (.npy)")
+                             "test sets (.npy)", resumable=True)
 
 _TEACHER_BN = Key("batch", "teacher BatchNorm: batch statistics (the original) or its running "
                            "statistics", choices=("batch", "running"))
@@ -136,11 +142,12 @@ _LOSS = Key("xent", "loss the attack ascends: xent (cross-entropy) or cw (margin
             choices=("xent", "cw"))
 
 _EVAL = {
-    "batch_size": Key(100, "evaluation batch size", range=">= 1"),
+    "batch_size": Key(100, "evaluation batch size", range=">= 1", resumable=True),
     "bn_mode": Key("eval", "BatchNorm when evaluating: eval (running statistics) or train "
                            "(batch statistics, the original's evaluation mode)",
-                   choices=("eval", "train")),
-    "num_examples": Key(0, "first test examples evaluated (0 = the whole test set)", range=">= 0"),
+                   choices=("eval", "train"), resumable=True),
+    "num_examples": Key(0, "first test examples evaluated (0 = the whole test set)", range=">= 0",
+                        resumable=True),
 }
 
 # Speed options (igam.run.precision; docs/performance.md#precision-and-kernels); the defaults
@@ -154,6 +161,13 @@ _PRECISION = {
     "compile": Key(False, "torch.compile the forward of attacks and evaluation (first-order "
                           "gradients only; on CPU needs a C++ compiler)"),
 }
+
+
+
+def _canonical_data(cfg: dict) -> dict:
+    """A training config with its class subset written one way (igam.data.subsets)."""
+    return {**cfg, "data": canonical_class_subset(cfg["data"])}
+
 
 # ----------------------------------------------------------------------------------------------
 # The scripts
@@ -174,7 +188,8 @@ ADVTRAIN_SCHEMA = Schema({
                "random_start": _RANDOM_START, "loss": _LOSS},
     "eval": dict(_EVAL),
     "precision": dict(_PRECISION),  # PGD + training forward (autocast), attack/eval (compile)
-}, name="ADVTRAIN", commands=("train_advtrain_tinyimagenet.py",), configs="advtrain_*.yaml")
+}, name="ADVTRAIN", commands=("train_advtrain_tinyimagenet.py",), configs="advtrain_*.yaml",
+   canonical=_canonical_data)
 
 FINETUNE_SCHEMA = Schema({
     **_RUNTIME,
@@ -193,7 +208,7 @@ FINETUNE_SCHEMA = Schema({
     },
     # Adam on the new head (original.md §6)
     "finetune": {
-        "steps": Key(4700, "Adam steps", range=">= 1"),
+        "steps": Key(4700, "Adam steps", range=">= 1", resumable=True),
         "batch_size": replace(_BATCH, default=64),
         "lr": Key(0.001, "Adam learning rate", range="> 0"),
         "whole_model": Key(False, "also finetune the source network, not only the new head"),
@@ -207,7 +222,8 @@ FINETUNE_SCHEMA = Schema({
         "save_input_gradients": _SAVE_GRADIENTS,
     },
     "eval": dict(_EVAL),
-}, name="FINETUNE", commands=("finetune_teacher.py",), configs="finetune_*.yaml")
+}, name="FINETUNE", commands=("finetune_teacher.py",), configs="finetune_*.yaml",
+   canonical=_canonical_data)
 
 _DISC_HELP = {
     "num_conv_layers": ("4x4 stride-2 convs, channels base_channels * 2^i", ">= 1"),
@@ -263,7 +279,8 @@ IGAM_SCHEMA = Schema({
                                            "and the discriminator (TF's DW variables)"),
               "augment": _AUGMENT},
     "eval": dict(_EVAL),
-}, name="IGAM", commands=("train_igam.py",), configs="igam_*.yaml")
+}, name="IGAM", commands=("train_igam.py",), configs="igam_*.yaml",
+   canonical=_canonical_data)
 
 _NOT_AUTOATTACK = " (not read by autoattack)"
 _AUTOATTACK_ONLY = " (autoattack only; docs/evaluation.md#autoattack)"
@@ -441,7 +458,12 @@ Values are written as in YAML; "original.md §N" is a section of [original.md](o
 Allowed values: `one of` lists the choices (`each one of`: of every element of a list); `>= 1`,
 `> 0` and `[0, 1]` bound a number (every element, for a list key); a schedule is a list of
 [step, value] pairs whose steps start at 0 and strictly increase, every value > 0; a repeatable
-key accumulates its command-line occurrences (`--model_dir a --model_dir b`).
+key accumulates its command-line occurrences (`--model_dir a --model_dir b`). Keys marked
+"may change on resume" are the only ones a resumed run (`--resume`) may give another value
+than its run folder's `config.yaml`: they cannot alter the steps already made (more steps,
+log and checkpoint frequency, device, data folder, the final evaluation); any other change is
+refused, naming each key with both values, and every resume is recorded in the run folder's
+`config_history.jsonl`.
 """
 
 
@@ -498,6 +520,8 @@ def config_keys_markdown() -> str:
                 allowed.append(f"`{declared.range}`")
             if declared.repeatable:
                 allowed.append("repeatable")
+            if declared.resumable and "resume" in schema.flat:
+                allowed.append("may change on resume")
             lines.append(f"| `{key}` | `{_cell(_value(declared.default))}` | "
                          f"{_type(declared.default)} | {_cell('; '.join(allowed))} | "
                          f"{_cell(declared.help)} |")

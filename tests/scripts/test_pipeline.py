@@ -136,6 +136,33 @@ def test_resume_continues_exactly(pipeline):
     assert metric_steps(w / "models/igam_part") == [2, 3, 4, 6]
 
 
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_resume_needs_only_the_run_folder_and_refuses_changes_touching_nothing(pipeline):
+    """``--resume --model_dir DIR`` continues from the run's own config.yaml (tiny widths,
+    data, teacher: none given again) and ends where the uninterrupted run did; a resume that
+    changes beta is refused in one line and leaves every file of the run folder as it was."""
+    w, igam_args = pipeline
+    run("train_igam.py", *igam_args, "--model_dir", "models/igam_alone", "--train.steps", "3",
+        cwd=w)
+    run("train_igam.py", "--resume", "--model_dir", "models/igam_alone", "--train.steps", "6",
+        cwd=w)
+    assert_same_igam_run(w / "models/igam_alone", w / "models/igam")
+    history = [json.loads(x) for x in
+               (w / "models/igam_alone/config_history.jsonl").read_text().splitlines()]
+    assert [h["event"] for h in history] == ["start", "resume"]
+    assert history[1]["changes"] == {"resume": [False, True], "train.steps": [3, 6]}
+    before = _tree(w / "models/igam_alone")
+    proc = run("train_igam.py", "--resume", "--model_dir", "models/igam_alone",
+               "--igam.beta", "2", cwd=w, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "igam.beta 5.0 -> 2.0" in proc.stderr
+    assert _tree(w / "models/igam_alone") == before
+
+
 def test_existing_run_is_not_clobbered(pipeline):
     w, igam_args = pipeline
     proc = run("train_igam.py", *igam_args, "--model_dir", "models/igam", "--train.steps", "6",
