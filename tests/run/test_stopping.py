@@ -126,7 +126,7 @@ def _batches():
         yield None, None
 
 
-@pytest.mark.parametrize("sig", SIGNALS)
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: signal.Signals(s).name)
 def test_fit_finishes_the_step_checkpoints_it_and_stops(recorded, tmp_path, sig):
     _, record = recorded
     step, done = _steps(5, sig)
