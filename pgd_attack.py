@@ -7,6 +7,8 @@ README "AutoAttack"). The model is rebuilt from its checkpoint alone (classifier
 IGAM student), evaluated in eval mode unless ``--eval.bn_mode train``. Writes
 ``attacks/<model_name>_<attack_name>_attack.npy`` (``c100attack`` for CIFAR-100): float32 NHWC
 in [0, 255], the original's format, and a JSON of settings (AutoAttack: and its results).
+A SIGINT / SIGTERM stops the attack at once: nothing is written, one line says how many
+examples were done and the command that reruns it (exit code 128 + the signal number).
 
     python pgd_attack.py --model_dir models/igam_tinyimagenet_to_cifar10 \
         --attack_name pgds20 --attack.steps 20
@@ -30,6 +32,7 @@ from igam.run import engine, precision, schemas
 from igam.run.cli import run_main
 from igam.run.config import load_config
 from igam.run.files import write_json
+from igam.run.stopping import abort_on_signal
 
 
 def main(argv=None):
@@ -43,9 +46,12 @@ def main(argv=None):
     meta = {"model_dir": str(cfg["model_dir"]), "dataset": test.name, "n": len(test),
             "attack": a, "bn_mode": cfg["eval"]["bn_mode"], "seed": cfg["seed"]}
     t0 = time.perf_counter()
+    lost = "nothing was written"  # SIGINT / SIGTERM: stop at once, say how far it got
     if a["method"] == "autoattack":
-        x_adv, report = autoattack.run_on_dataset(fast, test, a, cfg["seed"], cfg["eval"],
-                                                  device)
+        with abort_on_signal(lambda: f"during AutoAttack of {len(test)} examples, after "
+                                     f"{time.perf_counter() - t0:.0f} s; {lost}"):
+            x_adv, report = autoattack.run_on_dataset(fast, test, a, cfg["seed"], cfg["eval"],
+                                                      device)
         meta["autoattack"] = report
         print(autoattack.format_report(report))
     else:
@@ -54,9 +60,11 @@ def main(argv=None):
         meta["early_stop"] = attack.early_stop  # off with bn_mode train (a warning says so)
         bs = cfg["eval"]["batch_size"]
         adv = []
-        for x, y in tqdm(eval_batches(test, bs, device), desc=f"{a['method']} {name}",
-                         total=-(-len(test) // bs)):
-            adv.append(attack(x, y).permute(0, 2, 3, 1).cpu())
+        with abort_on_signal(lambda: f"after {sum(len(b) for b in adv)} of {len(test)} "
+                                     f"examples ({a['method']}); {lost}"):
+            for x, y in tqdm(eval_batches(test, bs, device), desc=f"{a['method']} {name}",
+                             total=-(-len(test) // bs)):
+                adv.append(attack(x, y).permute(0, 2, 3, 1).cpu())
         x_adv = torch.cat(adv).numpy().astype(np.float32)
     meta["seconds"] = time.perf_counter() - t0
     save_adversarial(path, x_adv)

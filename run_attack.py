@@ -4,7 +4,9 @@ Port of the original ``run_attack.py`` (original.md §8): the file is refused (o
 shape, pixel range [0, 255] (+-1e-4) or perturbation size (max |x_adv - x_nat| <= eps + 1e-4)
 is wrong. Reports adversarial and clean accuracy, and writes into the model folder
 ``eval_<attack_name>.json``, ``eval_<attack_name>.txt`` and the predictions
-``pred_<attack_name>.npy`` (adversarial) / ``pred_clean.npy``.
+``pred_<attack_name>.npy`` (adversarial) / ``pred_clean.npy``. A SIGINT / SIGTERM stops the
+evaluation at once: nothing is written, one line says how far it got and the command that
+reruns it (exit code 128 + the signal number).
 
     python run_attack.py --model_dir models/igam_tinyimagenet_to_cifar10 --attack_name pgds20
 """
@@ -23,6 +25,7 @@ from igam.run import engine, precision, schemas
 from igam.run.cli import run_main
 from igam.run.config import load_config
 from igam.run.files import atomic_write, atomic_write_text, write_json
+from igam.run.stopping import abort_on_signal
 from igam.training import evaluate
 
 
@@ -36,10 +39,24 @@ def main(argv=None):
     model = precision.compiled(precision.wrap(model, prec), prec)
     bs, bn = cfg["eval"]["batch_size"], cfg["eval"]["bn_mode"]
     nb = -(-len(test) // bs)
-    adv = evaluate(model, adversarial_batches(x_adv, test.labels, bs, device), bn_mode=bn,
-                   progress=lambda it: tqdm(it, desc=f"adversarial {path.name}", total=nb))
-    clean = evaluate(model, eval_batches(test, bs, device), bn_mode=bn,
-                     progress=lambda it: tqdm(it, desc="clean", total=nb))
+    bars: dict[str, tqdm] = {}
+
+    def progress(what: str, desc: str):
+        def wrap(it):
+            bars[what] = tqdm(it, desc=desc, total=nb)
+            return bars[what]
+        return wrap
+
+    def done() -> str:  # SIGINT / SIGTERM: stop at once, say how far it got
+        counts = ", ".join(f"{min(bar.n * bs, len(test))} of {len(test)} {what} examples"
+                           for what, bar in bars.items())
+        return f"after evaluating {counts or 'no examples'}; nothing was written"
+
+    with abort_on_signal(done):
+        adv = evaluate(model, adversarial_batches(x_adv, test.labels, bs, device), bn_mode=bn,
+                       progress=progress("adversarial", f"adversarial {path.name}"))
+        clean = evaluate(model, eval_batches(test, bs, device), bn_mode=bn,
+                         progress=progress("clean", "clean"))
 
     out = Path(cfg["model_dir"])
     tag = cfg["attack_name"] or "attack"

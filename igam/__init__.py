@@ -74,7 +74,8 @@ igam.data
 --- the run machinery ---
 igam.run.config / igam.run.schemas / igam.run.checkpoint / igam.run.engine; run-time plumbing:
 igam.run.seeding, igam.run.device, igam.run.files (atomic writes, JSON), igam.run.rundir (run
-folder, metrics log), igam.run.cli (error guard)
+folder, metrics log), igam.run.cli (error guard), igam.run.stopping (SIGINT / SIGTERM: checkpoint
+the step reached, print the command that continues, exit 128 + signal)
     load_config(schema, argv) (schemas.IGAM_SCHEMA, ...: Keys with default, help, choices,
     range), save_checkpoint / load_checkpoint (atomic, weights_only), seed_everything,
     resolve_device, MetricsLogger, engine.fit / Checkpointer, engine.save_input_gradients

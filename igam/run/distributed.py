@@ -18,6 +18,10 @@ Conventions of the port (docs/performance.md "Multi-GPU"):
 * Rank 0 alone writes files and logs; every rank computes, checkpoints are collective (each
   rank's RNG state is gathered so that a resumed run continues exactly).
 * Each rank seeds its RNGs with :func:`rank_seed` (rank 0: the config's seed itself).
+* SIGINT / SIGTERM (``igam.run.stopping``): torchrun passes the signal it gets on to every
+  rank; the ranks agree on it after every training step (:func:`max_over_ranks`, one tiny
+  all-reduce on the CPU), stop after the same step, write one checkpoint (rank 0) and exit
+  with 128 + the signal number; rank 0 prints the torchrun command that continues the run.
 """
 
 from __future__ import annotations
@@ -36,10 +40,11 @@ import torch.nn as nn
 
 from igam.errors import ConfigError, IGAMError
 from igam.ops import unwrap
+from igam.run.stopping import Stopped, announce
 
 __all__ = ["DistInfo", "info", "init", "cleanup", "entry", "is_main", "rank_seed",
            "wrap", "on_main", "main_first", "all_gather_objects", "mean_scalars",
-           "all_reduce_sum", "broadcast_module"]
+           "all_reduce_sum", "max_over_ranks", "broadcast_module"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class DistInfo:
 
 
 _INFO = DistInfo()
+_CPU_GROUP = None  # a gloo group for small CPU collectives when the default group is NCCL
 
 
 def info() -> DistInfo:
@@ -85,7 +91,7 @@ def init(device_name: str) -> tuple[DistInfo, torch.device]:
     (an explicit ``cuda:N`` is refused: choose GPUs with CUDA_VISIBLE_DEVICES); on CPU the
     backend is gloo. Idempotent.
     """
-    global _INFO
+    global _INFO, _CPU_GROUP
     from igam.run.device import resolve_device
 
     device = resolve_device(device_name)
@@ -113,6 +119,7 @@ def init(device_name: str) -> tuple[DistInfo, torch.device]:
         raise ConfigError(f"device '{device}' does not support multi-process training; "
                           "use cuda or cpu")
     dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    _CPU_GROUP = dist.new_group(backend="gloo") if backend != "gloo" else None
     _INFO = DistInfo(rank, world, local_rank, device, backend)
     return _INFO, device
 
@@ -125,24 +132,35 @@ def cleanup(sync: bool = True) -> None:
     with "terminate called without an active exception"). Pass False on an error path, where
     a peer may never reach the barrier.
     """
-    global _INFO
+    global _INFO, _CPU_GROUP
     if dist.is_available() and dist.is_initialized():
         if sync:
             dist.barrier()
         dist.destroy_process_group()
-    _INFO = DistInfo()
+    _INFO, _CPU_GROUP = DistInfo(), None
 
 
 def entry(main: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate a script's ``main(argv)`` so the process group is destroyed at the end, also
     on an error (use as ``run_main(distributed.entry(main))``). A one-line error
     (:class:`IGAMError`) is printed by rank 0 only; the other ranks exit with the same code 2
-    silently."""
+    silently. Likewise a stop on a signal (:class:`igam.run.stopping.Stopped`, raised by every
+    rank after the same step): rank 0 prints the line with the command that continues the
+    run, and every rank exits with 128 + the signal number."""
 
     @functools.wraps(main)
     def wrapper(argv: Sequence[str] | None = None):
         try:
             result = main(argv)
+        except Stopped as stop:
+            if not _INFO.enabled:
+                raise  # run_main prints the line
+            main_rank = is_main()
+            with contextlib.suppress(Exception):  # every rank stopped at the same point
+                cleanup()
+            if main_rank:
+                announce(stop, argv, main)
+            exit_now(stop.code)
         except IGAMError:
             cleanup(sync=False)
             if is_main():
@@ -249,6 +267,17 @@ def all_reduce_sum(values: Sequence[float]) -> list[float]:
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_INFO.device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest of every rank's ``value`` (an int; one collective on the CPU, also under
+    NCCL); the value itself in a single process. The training loop calls it once per step to
+    agree on a stop request (the signal number, 0 for none)."""
+    if not _INFO.enabled:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_CPU_GROUP)
+    return int(t.item())
 
 
 def mean_scalars(metrics: Mapping[str, float]) -> dict[str, float]:

@@ -43,6 +43,7 @@ from igam.run.device import set_fidelity
 from igam.run.files import atomic_write
 from igam.run.rundir import CHECKPOINT_NAME, MetricsLogger
 from igam.run.seeding import rng_state, seed_everything, set_rng_state
+from igam.run.stopping import Stopped, StopRequest
 from igam.training import evaluate, recalibrate_bn
 
 
@@ -397,12 +398,20 @@ def fit(step_fn: Callable[[torch.Tensor, torch.Tensor], dict], batches: Iterator
     """The training loop: ``step_fn(x, y)`` for steps ``start .. total-1``.
 
     Logs (tqdm postfix, a printed line, metrics.jsonl) every ``log_every`` steps and at the
-    end; checkpoints every ``checkpoint_every`` steps and at the end, so an interrupted run
-    loses at most the steps since the last checkpoint. Returns the last logged metrics.
+    end; checkpoints every ``checkpoint_every`` steps and at the end, so a killed run loses at
+    most the steps since the last checkpoint. Returns the last logged metrics.
+
+    SIGINT / SIGTERM (``igam.run.stopping``; handlers only inside this loop): the current step
+    finishes, the checkpoint of the step reached is written like the periodic ones, and
+    :class:`igam.run.stopping.Stopped` is raised (exit code 128 + the signal number; the entry
+    point prints the command that continues the run). Nothing extra is logged, so the
+    continued run's metrics.jsonl is the uninterrupted run's. A second signal acts at once.
 
     Data parallel: every rank runs the loop; logged metrics are averaged over ranks (one
     collective per log step); only rank 0 shows progress (``show`` default) and gets a
-    ``logger``; checkpoints are collective (:meth:`Checkpointer.save`).
+    ``logger``; checkpoints are collective (:meth:`Checkpointer.save`); a stop request is
+    agreed on after every step (:func:`igam.run.distributed.max_over_ranks`), so every rank
+    stops after the same step.
     """
     show = distributed.is_main() if show is None else show
     info = distributed.info()
@@ -414,22 +423,30 @@ def fit(step_fn: Callable[[torch.Tensor, torch.Tensor], dict], batches: Iterator
     bar = tqdm(range(start, total), desc=desc, initial=start, total=total, disable=not show,
                dynamic_ncols=True)
     t0 = time.time()
-    for step in bar:
-        x, y = next(batches)
-        metrics = step_fn(x, y)
-        done = step + 1
-        if done % log_every == 0 or done == total:
-            last = distributed.mean_scalars(scalars(metrics))
-            last["steps_per_s"] = (done - start) / max(time.time() - t0, 1e-9)
-            if logger is not None:
-                logger.log(done, **last)
-            bar.set_postfix_str(format_metrics({k: v for k, v in last.items()
-                                                if "accuracy" in k or k == "xent"}))
-            if show:
-                tqdm.write(f"step {done}: {format_metrics(last)}")
-        if done % checkpoint_every == 0 or done == total:
-            checkpointer.save(done)
-    bar.close()
+    with StopRequest(announce=show) as stop:
+        try:
+            for step in bar:
+                x, y = next(batches)
+                metrics = step_fn(x, y)
+                done = step + 1
+                signum = distributed.max_over_ranks(stop.signum) if info.enabled else stop.signum
+                if done % log_every == 0 or done == total:
+                    last = distributed.mean_scalars(scalars(metrics))
+                    last["steps_per_s"] = (done - start) / max(time.time() - t0, 1e-9)
+                    if logger is not None:
+                        logger.log(done, **last)
+                    bar.set_postfix_str(format_metrics({k: v for k, v in last.items()
+                                                        if "accuracy" in k or k == "xent"}))
+                    if show:
+                        tqdm.write(f"step {done}: {format_metrics(last)}")
+                if done % checkpoint_every == 0 or done == total or signum:
+                    checkpointer.save(done)
+                if signum:
+                    stop.consume()
+                    raise Stopped(signum, f"after step {done} of {total}; checkpoint saved in "
+                                          f"{checkpointer.path}", resume=True)
+        finally:
+            bar.close()
     return last
 
 

@@ -8,17 +8,24 @@
   head gets a gradient only from that term) matches its reference too;
 * sharded evaluation and BN recalibration equal the single-process ones;
 * ``torchrun --nproc_per_node 2 train_igam.py`` writes one checkpoint / metrics file, and a
-  resumed run ends exactly where the uninterrupted one did.
+  resumed run ends exactly where the uninterrupted one did;
+* a SIGTERM that reaches one rank only stops every rank after the same step, with one
+  checkpoint of that step; SIGTERM to torchrun stops the run safely, rank 0 prints the torchrun
+  command that continues it, and the continued run ends exactly where the uninterrupted one did.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
+import shlex
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +41,7 @@ from igam.models import InputGradientDiscriminator, Teacher, WideResNet
 from igam.objective import IGAMSettings, IGAMTrainer, discriminator_xent, student_loss
 from igam.optim import AdamTF1, PiecewiseConstant, set_lr, sgd
 from igam.run import distributed, engine
+from igam.run.stopping import Stopped
 from igam.training import ClassifierTrainer, HeadFinetuner, recalibrate_bn
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,6 +170,33 @@ def _finetune_worker(rank: int, port: int, out: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Single-process references: one replica per rank, gradients averaged
+
+
+def _stop_worker(rank: int, port: int, out: str) -> None:
+    """fit() where only rank 1 gets a SIGTERM, in its 3rd step."""
+    _join(rank, port)
+    try:
+        ckpt = engine.Checkpointer(Path(out).parent / "run", "classifier", {}, _classifier())
+        calls = []
+
+        def step(x, y):
+            calls.append(1)
+            if rank == 1 and len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return {"xent": torch.tensor(float(len(calls)))}
+
+        try:
+            engine.fit(step, itertools.repeat((None, None)), 0, 10, ckpt, None, 2, 4, "t",
+                       show=False)
+            result = None
+        except Stopped as stop:
+            result = (stop.code, stop.what)
+        gathered = distributed.all_gather_objects((len(calls), result))
+        if rank == 0:
+            torch.save({"ranks": gathered}, out)
+    finally:
+        distributed.cleanup()
+    distributed.exit_now(0)  # skip interpreter finalisation (see exit_now)
 
 
 def _sync(replica, model) -> None:
@@ -330,6 +365,15 @@ def test_ddp_whole_model_finetuning_matches_single_process_reference(tmp_path):
     assert not torch.equal(got["state"]["source.fc.weight"], _teacher().source.fc.weight)
 
 
+@pytest.mark.slow
+def test_signal_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    got = _spawn(_stop_worker, tmp_path)
+    what = f"after step 3 of 10; checkpoint saved in {tmp_path / 'run/checkpoint.pt'}"
+    assert got["ranks"] == [(3, (143, what))] * WORLD
+    ckpt = torch.load(tmp_path / "run/checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 3 and len(ckpt["rank_states"]) == WORLD
+
+
 def test_rank_seed_and_single_process_defaults():
     assert distributed.rank_seed(7, 0) == 7  # rank 0 (and one process) keep the seed
     assert len({distributed.rank_seed(7, r) for r in range(4)}) == 4
@@ -401,3 +445,61 @@ def test_torchrun_train_igam_writes_rank0_files_and_resumes_exactly(igam_setup):
                                        msg=f"{key}.{name}")
     steps = [json.loads(x)["step"] for x in (w / "part/metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 3, 4, 6]
+
+
+@pytest.mark.slow
+def test_torchrun_sigterm_stops_every_rank_and_continues_exactly(igam_setup):
+    """SIGTERM to the launcher (what a scheduler sends): torchrun passes it on to both ranks,
+    which stop after the same step; rank 0 writes the checkpoint and prints the torchrun command
+    that continues the run; continued, it ends bit-identical to an uninterrupted run."""
+    w, args = igam_setup
+    args = [*args, "--log_every", "1", "--checkpoint_every", "7", "--train.steps", "30"]
+    _torchrun("train_igam.py", *args, "--model_dir", "sig_full", cwd=w)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
+                "--master_port", str(_free_port())]
+    err = w / "sig_stderr.txt"
+    with open(err, "w") as fh:
+        proc = subprocess.Popen([*launcher, str(REPO / "train_igam.py"), *args, "--model_dir",
+                                 "sig_part"], cwd=w, env=env, stdout=subprocess.PIPE, stderr=fh,
+                                text=True)
+    for line in proc.stdout:
+        if line.startswith("step 5:"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    proc.stdout.read()
+    code = proc.wait(timeout=300)
+    text = err.read_text()
+    assert code != 0, text[-3000:]
+    lines = [x for x in text.splitlines() if x.startswith("stopped by SIGTERM")]
+    assert len(lines) == 1, text[-3000:]  # rank 0 alone
+    head, command = lines[0].split("; continue with: ")
+    part = torch.load(w / "sig_part/checkpoint.pt", weights_only=True)
+    assert 5 <= part["step"] < 30 and len(part["rank_states"]) == WORLD
+    assert head == (f"stopped by SIGTERM after step {part['step']} of 30; checkpoint saved in "
+                    "sig_part/checkpoint.pt")
+    want = ["torchrun", "--nproc_per_node", str(WORLD), str(REPO / "train_igam.py"), *args,
+            "--model_dir", "sig_part", "--resume"]
+    assert shlex.split(command) == want
+    time.sleep(1)  # the launcher's port
+    _torchrun(*want[3:], cwd=w)  # the printed command, through _torchrun's launcher
+    full = torch.load(w / "sig_full/checkpoint.pt", weights_only=True)
+    part = torch.load(w / "sig_part/checkpoint.pt", weights_only=True)
+    for key in ("model", "discriminator", "trainer", "sampler", "rng", "rank_states", "step"):
+        assert _same(part[key], full[key]), key
+    steps = [json.loads(x) for x in (w / "sig_part/metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in (w / "sig_full/metrics.jsonl").read_text().splitlines()]
+    drop = ("time", "steps_per_s")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in steps] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in ref]
+
+
+def _same(a, b) -> bool:
+    """Bit-identical nested checkpoint entries."""
+    if isinstance(a, dict):
+        return set(a) == set(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if torch.is_tensor(a):
+        return torch.equal(a, b)
+    return a == b
