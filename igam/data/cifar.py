@@ -34,6 +34,7 @@ from igam.errors import DataError
 
 CIFAR10_LAYOUT = "CIFAR-10 python version: data_batch_1..5, test_batch, batches.meta"
 CIFAR100_LAYOUT = "CIFAR-100 python version: train, test, meta"
+CIFAR_DOWNLOAD = "https://www.cs.toronto.edu/~kriz/cifar.html"
 CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 
 _NUMPY2 = int(np.__version__.split(".")[0]) >= 2
@@ -150,16 +151,19 @@ def _read_batch(
 
 def find_data_dir(root: PathLike, marker: str, subdirs: Sequence[str], layout: str, what: str):
     """The folder holding ``marker``: ``root`` itself, or ``root/<subdir>`` (e.g. the extracted
-    ``cifar-10-batches-py`` inside a datasets folder). DataError if neither exists."""
+    ``cifar-10-batches-py`` inside a datasets folder). DataError if neither exists, naming
+    the download page."""
     root = Path(root).expanduser()
+    get = (f"; download the python version from {CIFAR_DOWNLOAD} and extract it there "
+           "(docs/pipeline.md, Datasets)")
     if not root.is_dir():
-        raise DataError(f"{what} folder not found: {root} (expected {layout})")
+        raise DataError(f"{what} folder not found: {root} (expected {layout}){get}")
     if (root / marker).exists():
         return root
     for sub in subdirs:
         if (root / sub / marker).exists():
             return root / sub
-    raise DataError(f"missing file {root / marker} (expected {layout})")
+    raise DataError(f"missing file {root / marker} (expected {layout}){get}")
 
 
 def _load(

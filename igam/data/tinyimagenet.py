@@ -17,10 +17,11 @@ replicated to 3 equal channels, like the original). Examples are ordered by clas
 file name (natural order), for both splits and both val layouts.
 
 Decoding 110k JPEGs takes a while, so the decoded uint8 arrays are cached in an uncompressed
-``.npz``: ``root/.igam_cache_v1.npz`` if ``root`` is writable, else in ``$IGAM_CACHE_DIR`` or
-``~/.cache/igam`` (file named after a hash of ``root``); if neither can be written, nothing is
-cached. The cache stores a fingerprint of the file list (relative paths, sizes, mtimes), so an
-edited dataset is decoded again. It is written atomically (temp file + os.replace).
+``.npz``: in ``$IGAM_CACHE_DIR`` whenever it is set (file named after a hash of ``root``; the
+data folder is then never written); else ``root/.igam_cache_v1.npz`` if ``root`` is writable,
+else in ``~/.cache/igam``; if none can be written, nothing is cached. The cache stores a
+fingerprint of the file list (relative paths, sizes, mtimes), so an edited dataset is decoded
+again. It is written atomically (temp file + os.replace).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ IMAGE_SIZE = 64
 CACHE_VERSION = 1
 CACHE_NAME = f".igam_cache_v{CACHE_VERSION}.npz"
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+DOWNLOAD = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 LAYOUT = (
     "Tiny-ImageNet-200 layout: wnids.txt, train/<wnid>/images/*.JPEG, and val/images/*.JPEG "
     "with val/val_annotations.txt (or val/images/<wnid>/*.JPEG)"
@@ -95,13 +97,14 @@ class _Plan:
 def find_root(root: PathLike) -> Path:
     """The Tiny-ImageNet folder: ``root`` or ``root/tiny-imagenet-200``; DataError if absent."""
     root = Path(root).expanduser()
+    get = f"; download {DOWNLOAD} and unzip it there (docs/pipeline.md, Datasets)"
     if not root.is_dir():
-        raise DataError(f"Tiny-ImageNet folder not found: {root} (expected the {LAYOUT})")
+        raise DataError(f"Tiny-ImageNet folder not found: {root} (expected the {LAYOUT}){get}")
     if (root / "train").is_dir():
         return root
     if (root / "tiny-imagenet-200" / "train").is_dir():
         return root / "tiny-imagenet-200"
-    raise DataError(f"missing folder {root / 'train'} (expected the {LAYOUT})")
+    raise DataError(f"missing folder {root / 'train'} (expected the {LAYOUT}){get}")
 
 
 def _read_wnids(root: Path) -> List[str]:
@@ -243,9 +246,13 @@ def fallback_cache_dir() -> Path:
 
 
 def cache_paths(root: Path) -> List[Path]:
-    """Candidate cache files, in order of preference: next to the data, then the fallback."""
+    """Candidate cache files, in order of preference: ``$IGAM_CACHE_DIR`` alone when it is set;
+    else next to the data, then ``~/.cache/igam``."""
     tag = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
-    return [root / CACHE_NAME, fallback_cache_dir() / f"tinyimagenet_{tag}_v{CACHE_VERSION}.npz"]
+    fallback = fallback_cache_dir() / f"tinyimagenet_{tag}_v{CACHE_VERSION}.npz"
+    if os.environ.get("IGAM_CACHE_DIR"):
+        return [fallback]
+    return [root / CACHE_NAME, fallback]
 
 
 def _read_cache(path: Path, fingerprint: str, train_labels: np.ndarray, val_labels: np.ndarray):
@@ -269,8 +276,8 @@ def _read_cache(path: Path, fingerprint: str, train_labels: np.ndarray, val_labe
 
 
 def _write_cache(root: Path, fingerprint: str, arrays: Dict[str, np.ndarray]) -> Optional[Path]:
-    primary, fallback = cache_paths(root)
-    targets = [primary] if _has_write_bits(root) else []
+    *primary, fallback = cache_paths(root)  # no primary when $IGAM_CACHE_DIR is set
+    targets = [p for p in primary if _has_write_bits(root)]
     targets.append(fallback)
     for target in targets:
         tmp = None

@@ -191,9 +191,10 @@ def _tiny_synth(path: Path, **kw) -> Path:
 
 def test_tinyimagenet_cache_next_to_data_and_invalidation(tmp_path, monkeypatch):
     root = _tiny_synth(tmp_path / "tin")
-    monkeypatch.setenv("IGAM_CACHE_DIR", str(tmp_path / "fallback"))
+    monkeypatch.delenv("IGAM_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     train, _ = load_tinyimagenet(root)
-    assert (root / tin.CACHE_NAME).is_file() and not (tmp_path / "fallback").exists()
+    assert (root / tin.CACHE_NAME).is_file() and not (tmp_path / "home").exists()
     assert not list(root.glob("*.tmp"))  # atomic write leaves no temp file
 
     # a changed file is decoded again (fingerprint: list + sizes + mtimes)
@@ -208,6 +209,19 @@ def test_tinyimagenet_cache_next_to_data_and_invalidation(tmp_path, monkeypatch)
     shutil.copy(target, target.with_name("extra_99.JPEG"))
     train3, _ = load_tinyimagenet(root)
     assert len(train3) == len(train) + 1
+
+
+def test_tinyimagenet_cache_dir_env_wins_over_writable_root(tmp_path, monkeypatch):
+    """$IGAM_CACHE_DIR, when set, is the cache even if the data folder is writable."""
+    root = _tiny_synth(tmp_path / "tin")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("IGAM_CACHE_DIR", str(cache))
+    train, _ = load_tinyimagenet(root)
+    assert not (root / tin.CACHE_NAME).exists()
+    assert len(list(cache.glob("tinyimagenet_*.npz"))) == 1
+    monkeypatch.setattr(Image, "open", lambda *a, **k: 1 / 0)
+    train2, _ = load_tinyimagenet(root)  # served from $IGAM_CACHE_DIR
+    assert np.array_equal(train.images, train2.images)
 
 
 def test_tinyimagenet_cache_fallback_dir_for_read_only_root(tmp_path, monkeypatch):
@@ -235,7 +249,8 @@ def test_tinyimagenet_cache_fallback_dir_for_read_only_root(tmp_path, monkeypatc
         root.chmod(0o755)
 
 
-def test_tinyimagenet_corrupt_cache_is_ignored(tmp_path):
+def test_tinyimagenet_corrupt_cache_is_ignored(tmp_path, monkeypatch):
+    monkeypatch.delenv("IGAM_CACHE_DIR", raising=False)  # the cache next to the data
     root = _tiny_synth(tmp_path / "tin")
     train, _ = load_tinyimagenet(root)
     (root / tin.CACHE_NAME).write_bytes(b"not an npz")
@@ -251,13 +266,16 @@ def test_tinyimagenet_corrupt_cache_is_ignored(tmp_path):
 def test_missing_folders(tmp_path):
     with pytest.raises(DataError) as e:
         load_cifar10(tmp_path / "nope")
-    _one_line_error(e, str(tmp_path / "nope"), "data_batch_1..5, test_batch, batches.meta")
+    _one_line_error(e, str(tmp_path / "nope"), "data_batch_1..5, test_batch, batches.meta",
+                    "https://www.cs.toronto.edu/~kriz/cifar.html")
     with pytest.raises(DataError) as e:
         load_cifar100(tmp_path / "nope")
-    _one_line_error(e, str(tmp_path / "nope"), "train, test, meta")
+    _one_line_error(e, str(tmp_path / "nope"), "train, test, meta",
+                    "https://www.cs.toronto.edu/~kriz/cifar.html")
     with pytest.raises(DataError) as e:
         load_tinyimagenet(tmp_path / "nope")
-    _one_line_error(e, str(tmp_path / "nope"), "wnids.txt", "val_annotations.txt")
+    _one_line_error(e, str(tmp_path / "nope"), "wnids.txt", "val_annotations.txt",
+                    "http://cs231n.stanford.edu/tiny-imagenet-200.zip")
     with pytest.raises(DataError) as e:
         load_cifar10(tmp_path)  # exists, but empty
     _one_line_error(e, "data_batch_1")
