@@ -20,7 +20,7 @@ from igam.data import TrainBatches
 from igam.errors import CheckpointError
 from igam.models import Teacher, WideResNet
 from igam.objective import random_pert
-from igam.run import distributed, engine, schemas
+from igam.run import distributed, engine, preflight, schemas
 from igam.run.cli import run_main
 from igam.run.config import load_config
 from igam.run.rundir import prepare_run_dir
@@ -30,6 +30,8 @@ from igam.training import HeadFinetuner
 def main(argv=None):
     cfg = load_config(schemas.FINETUNE_SCHEMA, argv, prog="finetune_teacher.py",
                       description=__doc__)
+    # fail at second 0, before data and models
+    preflight.check_start(cfg, run_dir=True, checkpoints=("source_model_dir",), data=True)
     device = engine.setup(cfg, data_parallel=True)
     train, test = engine.load_train_test(cfg)
     source, _ = engine.load_model(cfg["source_model_dir"], device, ("classifier",))

@@ -28,7 +28,7 @@ from igam.attacks import make_attack
 from igam.data import eval_batches
 from igam.eval import advfiles, autoattack
 from igam.eval.advfiles import save_adversarial
-from igam.run import engine, precision, schemas
+from igam.run import engine, precision, preflight, schemas
 from igam.run.cli import run_main
 from igam.run.config import load_config
 from igam.run.files import write_json
@@ -37,6 +37,7 @@ from igam.run.stopping import abort_on_signal
 
 def main(argv=None):
     cfg = load_config(schemas.ATTACK_SCHEMA, argv, prog="pgd_attack.py", description=__doc__)
+    preflight.check_start(cfg, checkpoints=("model_dir",))  # e.g. pyautoattack, at second 0
     device = engine.setup(cfg)
     model, test, path, _ = advfiles.load_attack_target(cfg, device)
     a = dict(cfg["attack"])

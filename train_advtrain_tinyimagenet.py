@@ -17,7 +17,7 @@ from __future__ import annotations
 from igam.attacks import PGD
 from igam.data import TrainBatches
 from igam.models import WideResNet
-from igam.run import distributed, engine, precision, schemas
+from igam.run import distributed, engine, precision, preflight, schemas
 from igam.run.cli import run_main
 from igam.run.config import load_config
 from igam.run.rundir import prepare_run_dir
@@ -27,6 +27,7 @@ from igam.training import ClassifierTrainer
 def main(argv=None):
     cfg = load_config(schemas.ADVTRAIN_SCHEMA, argv, prog="train_advtrain_tinyimagenet.py",
                       description=__doc__)
+    preflight.check_start(cfg, run_dir=True, data=True)  # fail at second 0
     device = engine.setup(cfg, data_parallel=True)
     train, test = engine.load_train_test(cfg)
     run = distributed.on_main(prepare_run_dir, cfg["model_dir"], cfg, cfg["resume"],

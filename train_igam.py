@@ -25,7 +25,7 @@ import torch
 from igam.data import TrainBatches
 from igam.models import InputGradientDiscriminator, WideResNet
 from igam.objective import IGAMSettings, IGAMTrainer
-from igam.run import distributed, engine, schemas
+from igam.run import distributed, engine, preflight, schemas
 from igam.run.cli import run_main
 from igam.run.config import load_config
 from igam.run.rundir import prepare_run_dir
@@ -33,6 +33,8 @@ from igam.run.rundir import prepare_run_dir
 
 def main(argv=None):
     cfg = load_config(schemas.IGAM_SCHEMA, argv, prog="train_igam.py", description=__doc__)
+    # fail at second 0, before data and models
+    preflight.check_start(cfg, run_dir=True, checkpoints=("teacher_dir",), data=True)
     device = engine.setup(cfg, data_parallel=True)
     train, test = engine.load_train_test(cfg)
     teacher = engine.load_teacher(cfg["teacher_dir"], device, cfg["teacher_bn"], cfg["data"])

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from igam.attacks import PGD, PIXEL_MAX, PIXEL_MIN, xent_loss
 from igam.data import eval_batches
-from igam.errors import ConfigError
+from igam.errors import ConfigError, MissingDependencyError
 from igam.eval import figures
 from igam.run import engine, schemas
 from igam.run.cli import run_main
@@ -64,6 +64,16 @@ def check_settings(s: Mapping[str, Any]) -> dict[str, Any]:
         if not s[key]:
             raise ConfigError(f"config key 'sanity.{key}': expected a non-empty list, got []")
     return dict(s)
+
+
+def check_square_available(s: Mapping[str, Any]) -> None:
+    """MissingDependencyError (one line) if the Square check is asked for
+    (``sanity.square_queries`` > 0) but the optional package pyautoattack is missing: the
+    command line says so before any model is loaded, not with a ``not run`` row at the end."""
+    if s["square_queries"] and square_attack_class() is None:
+        raise MissingDependencyError(
+            "the Square check needs the optional package pyautoattack; install it with: "
+            f"{SQUARE_INSTALL} (or skip the check: --sanity.square_queries 0)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,6 +328,7 @@ def main(argv=None):
     cfg = load_config(schemas.SANITY_SCHEMA, argv, prog="python -m igam.eval.sanity",
                       description=__doc__)
     s = check_settings(cfg["sanity"])
+    check_square_available(s)  # at second 0, not after the other checks
     device = engine.setup(cfg)
     models, test = engine.load_compared_models(cfg["model_dir"], cfg["data"],
                                                s["num_examples"], device)

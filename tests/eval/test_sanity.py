@@ -15,6 +15,7 @@ import torch
 
 from igam.data import TrainBatches, load_dataset
 from igam.data.synthetic import write_synthetic_cifar10, write_synthetic_cifar100
+from igam.errors import MissingDependencyError
 from igam.eval import sanity
 from igam.models import WideResNet
 from igam.run.checkpoint import make_checkpoint, save_checkpoint
@@ -90,16 +91,27 @@ def test_judge_flags_masking_patterns():
     assert square["status"] == sanity.NOT_RUN and "pyautoattack" in square["detail"]
 
 
-def test_square_not_run_without_pyautoattack(plain, tmp_path, monkeypatch):
+def test_square_without_pyautoattack_fails_at_start(tmp_path, monkeypatch):
+    """The command line stops before loading any model (the folder does not even exist)."""
     monkeypatch.setattr(sanity, "square_attack_class", lambda: None)
-    out = tmp_path / "s.json"
-    sanity.main(["--model_dir", str(plain), *FAST, "--sanity.steps", "2",
-                 "--sanity.eps_sweep", "64", "--sanity.sweep_steps", "2", "--out", str(out)])
-    res = json.loads(out.read_text())["models"]["plain"]
-    square = [c for c in res["checks"] if c["check"] == "square"][0]
-    assert square["status"] == "not run"
-    assert "pip install -r requirements-autoattack.txt" in square["detail"]
-    assert (tmp_path / "s_curve.png").is_file()
+    monkeypatch.setattr(sanity.engine, "setup", lambda *a, **k: pytest.fail("set up"))
+    with pytest.raises(MissingDependencyError) as e:
+        sanity.main(["--model_dir", str(tmp_path / "none"), *FAST])
+    assert "pip install -r requirements-autoattack.txt" in str(e.value)
+    assert "--sanity.square_queries 0" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_square_not_run_without_pyautoattack(plain, tmp_path, monkeypatch):
+    """Used as a library, measure() records the Square check as not run (never passed)."""
+    monkeypatch.setattr(sanity, "square_attack_class", lambda: None)
+    s = dict(sanity.schemas.SANITY["sanity"], steps=[2], eps_sweep=[64.0], sweep_steps=2,
+             num_examples=20, noise_draws=1)
+    model, ckpt = sanity.engine.load_classifier(plain)
+    test = sanity.engine.eval_subset(sanity.engine.eval_test_set(
+        sanity.engine.eval_data(sanity.schemas.SANITY["data"], ckpt, plain)), 20)
+    res = sanity.measure(model, test, s, "cpu", 0, "plain")
+    assert res["square_accuracy"] is None
+    assert "pip install -r requirements-autoattack.txt" in res["square_note"]
 
 
 @pytest.mark.parametrize("args, message", [
