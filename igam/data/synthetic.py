@@ -225,8 +225,12 @@ def balanced_labels(n: int, num_classes: int, rng: np.random.Generator) -> np.nd
 
 
 def _prepare_root(root: PathLike) -> Path:
-    """Create ``root``; an existing non-empty folder is only reused if we wrote it before."""
+    """Create ``root``; an existing non-empty folder is only reused if we wrote it before, an
+    existing file never."""
     root = Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise IGAMError(f"refusing to write synthetic data to {root}: it exists and is not a "
+                        "folder (--out names the folder to create)")
     if root.exists() and any(root.iterdir()):
         if not (root / MARKER).is_file():
             raise IGAMError(
@@ -238,7 +242,10 @@ def _prepare_root(root: PathLike) -> Path:
                 shutil.rmtree(child)
             else:
                 child.unlink()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a file on the way, no permission
+        raise IGAMError(f"cannot create {root}: {exc.strerror or exc}") from None
     return root
 
 

@@ -156,6 +156,19 @@ def test_cli(tmp_path, capsys):
     assert len(load_cifar100(tmp_path / "c100")[0]) == 100
 
 
+@pytest.mark.parametrize("out", ["README.md", "README.md/sub"])
+def test_cli_out_an_existing_file_is_one_line(out):
+    """--out naming an existing file (or a path through one): one line, exit 2, file intact."""
+    before = (REPO / "README.md").read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "igam.data.synthetic", "--dataset", "cifar10",
+                           "--out", out, "--n_train", "10", "--n_test", "10"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and "README.md" in lines[0]
+    assert (REPO / "README.md").read_bytes() == before
+
+
 # ---------------------------------------------------------------------------------------------
 # Feature design
 
