@@ -22,7 +22,9 @@ Command line: ``--config FILE`` (repeatable; later files win) and overrides ``--
 ``--key=value`` with dotted keys for nested entries (``--train.batch_size 32``). Values are
 parsed as YAML (``1e-3``, ``true``, ``null``, ``[1, 2]``); lists may also be written
 ``16,16,32,64``. A bool key given alone is a flag: ``--resume`` sets it true, ``--no-resume``
-false. ``-h``/``--help`` lists every key with its default, allowed values and help, and exits.
+false. ``-h``/``--help`` lists every key with its default (after ``--config FILE``: the value the
+files set), allowed values and help, and exits; ``--print-config`` prints the resolved config as
+YAML and exits.
 All files are applied before all command-line overrides.
 
 Type rules, by the type of the default: bool takes only true/false; int only integers; float
@@ -60,7 +62,7 @@ from igam.run.files import atomic_write_text
 CLI = "the command line"
 RUN_CONFIG_NAME = "config.yaml"  # a run folder's config and checkpoint (igam.run.rundir)
 RUN_CHECKPOINT_NAME = "checkpoint.pt"
-_RESERVED = ("config", "help")
+_RESERVED = ("config", "help", "print_config", "print-config")
 
 __all__ = [
     "Key",
@@ -212,7 +214,8 @@ class Key:
     ``[a, b]``, replacing the files' value) instead of the last one winning. A ``resumable``
     key may take another value when a run resumes (``--resume``), because it cannot alter the
     steps already made (more steps, log / checkpoint frequency, device, the final evaluation);
-    any other change is refused (:func:`check_resume`).
+    any other change is refused (:func:`check_resume`). ``length`` fixes the number of
+    elements of a list key (e.g. the WideResNet's 4 widths).
     """
 
     default: Any
@@ -221,6 +224,7 @@ class Key:
     range: str | None = None
     repeatable: bool = False
     resumable: bool = False
+    length: int | None = None
 
     def __post_init__(self):
         if self.choices is not None:
@@ -277,6 +281,11 @@ class Schema:
         self.help = {k: v.help for k, v in self.flat.items()}
         self.repeatable = tuple(k for k, v in self.flat.items() if v.repeatable)
         self.resumable = tuple(k for k, v in self.flat.items() if v.resumable)
+        self.lengths = {k: v.length for k, v in self.flat.items() if v.length is not None}
+        for key, n in self.lengths.items():
+            default = self.flat[key].default
+            if not isinstance(default, (list, tuple)) or len(default) != n:
+                raise ValueError(f"default of '{key}' is not a list of {n} elements")
         for key, text in self.help.items():
             if not isinstance(text, str) or not text.strip() or "\n" in text:
                 raise ValueError(f"help of config key '{key}' must be one non-empty line")
@@ -343,11 +352,13 @@ class _Context:
     """What the checker needs to word its messages."""
 
     def __init__(self, schema: Mapping[str, Any], source: str, choices: Mapping[str, Any],
-                 ranges: Mapping[str, str] | None = None):
+                 ranges: Mapping[str, str] | None = None,
+                 lengths: Mapping[str, int] | None = None):
         self.schema = schema
         self.source = source
         self.choices = choices
         self.ranges = ranges or {}
+        self.lengths = lengths or {}
 
     def bad(self, key: str, expected: str, value: Any, hint: str = "") -> ConfigError:
         return ConfigError(
@@ -470,6 +481,12 @@ def _check_range(key: str, value: Any, ctx: _Context) -> None:
             raise ctx.bad(name, _range_words(spec, item), item)
 
 
+def _check_length(key: str, value: Any, ctx: _Context) -> None:
+    n = ctx.lengths.get(key)
+    if n is not None and isinstance(value, list) and len(value) != n:
+        raise ctx.bad(key, f"a list of {n} values", value, f" ({len(value)} values)")
+
+
 def _merge_into(
     cfg: dict[str, Any],
     update: Mapping[str, Any],
@@ -496,6 +513,7 @@ def _merge_into(
         cfg[key] = value
         _check_choice(name, cfg[key], ctx)
         _check_range(name, cfg[key], ctx)
+        _check_length(name, cfg[key], ctx)
 
 
 def _deep_update(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -514,15 +532,17 @@ def merge_config(
     source: str,
     choices: Mapping[str, Sequence[Any]] | None = None,
     ranges: Mapping[str, str] | None = None,
+    lengths: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Return a copy of ``cfg`` with the nested ``update`` applied, checked against ``schema``
-    (types), ``choices`` and ``ranges``.
+    (types), ``choices``, ``ranges`` and ``lengths`` (the element count of list keys).
 
     ``source`` names where ``update`` came from in error messages (a file path, or
     ``igam.run.config.CLI``).
     """
     result = copy.deepcopy(dict(cfg))
-    _merge_into(result, update, schema, "", _Context(schema, source, choices or {}, ranges))
+    _merge_into(result, update, schema, "",
+                _Context(schema, source, choices or {}, ranges, lengths))
     return result
 
 
@@ -583,11 +603,12 @@ def _nest(dotted: str, value: Any) -> dict[str, Any]:
     return nested
 
 
-def _split_argv(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str | None]], bool]:
-    """Split argv into config files, (key, raw value or None for a bare flag), and help."""
+def _split_argv(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str | None]], bool, bool]:
+    """Split argv into config files, (key, raw value or None for a bare flag), help and
+    print-config."""
     files: list[str] = []
     items: list[tuple[str, str | None]] = []
-    want_help = False
+    want_help = want_print = False
     tokens = list(argv)
     index = 0
     while index < len(tokens):
@@ -595,6 +616,9 @@ def _split_argv(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str | N
         index += 1
         if token in ("-h", "--help"):
             want_help = True
+            continue
+        if token in ("--print-config", "--print_config"):
+            want_print = True
             continue
         if not token.startswith("--") or token == "--":
             raise ConfigError(
@@ -615,7 +639,7 @@ def _split_argv(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str | N
             files.append(raw)
         else:
             items.append((key, raw))
-    return files, items, want_help
+    return files, items, want_help, want_print
 
 
 def _cli_update(
@@ -700,9 +724,14 @@ def format_help(
     description: str | None = None,
     ranges: Mapping[str, str] | None = None,
     repeatable: Sequence[str] = (),
+    values: Mapping[str, Any] | None = None,
+    sources: Sequence[str] = (),
 ) -> str:
     """The ``--help`` text: usage, then every config key with its default (as YAML/JSON), its
-    allowed values (choices, range, repeatable) and its help line."""
+    allowed values (choices, range, repeatable) and its help line. ``values``: the config
+    after the ``sources`` (the ``--config`` files and overrides given with ``--help``), shown
+    in place of the schema defaults."""
+    lengths = defaults.lengths if isinstance(defaults, Schema) else {}
     defaults, choices, ranges, key_help, repeatable = _views(
         defaults, choices, ranges, key_help, repeatable)
     prog = prog or Path(sys.argv[0]).name or "script"
@@ -711,18 +740,29 @@ def format_help(
         lines += [description.strip(), ""]
     lines += [
         "options:",
-        "  -h, --help          show this help and exit",
+        "  -h, --help          show this help and exit (after --config FILE: with the values",
+        "                      the files set)",
         "  --config FILE       YAML file of config values (repeatable; later files win)",
-        "",
-        "config keys, each with its default, (allowed values) and help (override with",
-        "--key value; nested keys are dotted; a bool key alone is a flag: --key / --no-key;",
-        "lists as 1,2,3 or [1,2,3]):",
+        "  --print-config      print the resolved config as YAML and exit",
         "",
     ]
+    if values is not None and sources:
+        lines += ["config keys, each with its value after " + ", ".join(sources) + ","]
+    else:
+        lines += ["config keys, each with its default,"]
+    lines += [
+        "(allowed values) and help (override with --key value; nested keys are dotted; a bool",
+        "key alone is a flag: --key / --no-key; lists as 1,2,3 or [1,2,3]):",
+        "",
+    ]
+    shown = config_to_flat(values) if values is not None else {}
     for key, value in config_to_flat(defaults).items():
+        value = shown.get(key, value)
         text = json.dumps(_plain(value)) if _jsonable(value) else repr(value)
         line = f"  --{key} {text}"
         allowed = _allowed(key, value, choices, ranges, repeatable)
+        if key in lengths:
+            allowed.append(f"{lengths[key]} values")
         if allowed:
             line += "  (" + "; ".join(allowed) + ")"
         lines.append(line)
@@ -751,7 +791,10 @@ def load_config(
     docstring), ``key_help`` to one-line help, and ``repeatable`` names list keys whose
     command-line occurrences accumulate (``--model_dir a --model_dir b`` gives ``[a, b]``,
     replacing the files' value) instead of the last one winning. ``argv`` defaults to
-    ``sys.argv[1:]``; ``--help`` prints :func:`format_help` and raises ``SystemExit(0)``.
+    ``sys.argv[1:]``; ``--help`` prints :func:`format_help` (with the values after the
+    ``--config`` files and overrides given beside it) and raises ``SystemExit(0)``;
+    ``--print-config`` prints the resolved config as YAML (:func:`dump_config`) and raises
+    ``SystemExit(0)``.
     Returns a fresh nested dict (tuples in the defaults become lists). Invalid input raises
     :class:`ConfigError` (see the module docstring).
 
@@ -762,21 +805,18 @@ def load_config(
     (:func:`check_resume`) before anything is written.
     """
     schema = defaults
+    lengths = schema.lengths if isinstance(schema, Schema) else {}
     defaults, choices, ranges, key_help, repeatable = _views(
         defaults, choices, ranges, key_help, repeatable)
     _validate_schema(defaults, choices, ranges)
-    files, items, want_help = _split_argv(sys.argv[1:] if argv is None else argv)
-    if want_help:
-        sys.stdout.write(format_help(defaults, choices, key_help, prog, description, ranges,
-                                     repeatable))
-        sys.stdout.flush()
-        raise SystemExit(0)
+    files, items, want_help, want_print = _split_argv(sys.argv[1:] if argv is None else argv)
 
     def resolve(base: dict[str, Any]) -> dict[str, Any]:
         cfg = base
         for file in files:
-            cfg = merge_config(cfg, load_yaml_file(file), defaults, str(file), choices, ranges)
-        ctx = _Context(defaults, CLI, choices, ranges)
+            cfg = merge_config(cfg, load_yaml_file(file), defaults, str(file), choices, ranges,
+                               lengths)
+        ctx = _Context(defaults, CLI, choices, ranges, lengths)
         gathered: dict[str, list[Any]] = {}
         for key, raw in items:
             if key in repeatable and raw is not None:
@@ -787,21 +827,36 @@ def load_config(
                 update = _nest(key, list(gathered[key]))
             else:
                 update = _cli_update(key, raw, defaults, ctx)
-            cfg = merge_config(cfg, update, defaults, CLI, choices, ranges)
+            cfg = merge_config(cfg, update, defaults, CLI, choices, ranges, lengths)
         return cfg
 
     cfg = resolve(_plain(copy.deepcopy(dict(defaults))))
-    saved = _resumed_run_config(cfg, defaults, choices, ranges)
+    if want_help:
+        sources = [f"--config {f}" for f in files] + (["the command line"] if items else [])
+        sys.stdout.write(format_help(schema if isinstance(schema, Schema) else defaults,
+                                     None if isinstance(schema, Schema) else choices,
+                                     None if isinstance(schema, Schema) else key_help,
+                                     prog, description,
+                                     None if isinstance(schema, Schema) else ranges,
+                                     () if isinstance(schema, Schema) else repeatable,
+                                     values=cfg, sources=sources))
+        sys.stdout.flush()
+        raise SystemExit(0)
+    saved = _resumed_run_config(cfg, defaults, choices, ranges, lengths)
     if saved is not None:  # the run's own config is the base; files and command line on top
         cfg = resolve(saved)
         if isinstance(schema, Schema):
             saved, cfg = schema.canonical(saved), schema.canonical(cfg)
             check_resume(saved, cfg, schema.resumable, cfg["model_dir"])
+    if want_print:
+        sys.stdout.write(dump_config(cfg))
+        sys.stdout.flush()
+        raise SystemExit(0)
     return cfg
 
 
 def _resumed_run_config(cfg: Mapping[str, Any], defaults: Mapping[str, Any], choices,
-                        ranges) -> dict[str, Any] | None:
+                        ranges, lengths=None) -> dict[str, Any] | None:
     """The resolved config saved in the run folder that ``cfg`` resumes (``resume`` true and
     ``<model_dir>/config.yaml`` present), or None."""
     if not (cfg.get("resume") is True and isinstance(cfg.get("model_dir"), str)):
@@ -810,7 +865,8 @@ def _resumed_run_config(cfg: Mapping[str, Any], defaults: Mapping[str, Any], cho
     if not path.is_file():
         return None
     base = _plain(copy.deepcopy(dict(defaults)))
-    return merge_config(base, load_yaml_file(path), defaults, str(path), choices, ranges)
+    return merge_config(base, load_yaml_file(path), defaults, str(path), choices, ranges,
+                        lengths)
 
 
 def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:

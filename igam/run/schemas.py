@@ -108,7 +108,8 @@ _CHECKPOINT_DATA = {
 # The Madry WideResNet ("WRN-34-10"; original.md §2)
 _WRN = {
     "widths": Key([16, 160, 320, 640], "channels of the initial conv and of stages 1, 2, 3 "
-                                       "(a small debugging net: 16,16,32,64)", range=">= 1"),
+                                       "(a small debugging net: 16,16,32,64)", range=">= 1",
+                  length=4),
     "units_per_stage": Key(5, "residual units per stage", range=">= 1"),
     "standardization": Key("zero_mean_l2", "per-image input standardisation (Madry's models: "
                                            "per_image)", choices=_STD),
@@ -518,6 +519,8 @@ def config_keys_markdown() -> str:
                 allowed.append(each + ", ".join(f"`{_value(c)}`" for c in declared.choices))
             if declared.range is not None:
                 allowed.append(f"`{declared.range}`")
+            if declared.length is not None:
+                allowed.append(f"{declared.length} values")
             if declared.repeatable:
                 allowed.append("repeatable")
             if declared.resumable and "resume" in schema.flat:

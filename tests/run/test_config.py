@@ -380,3 +380,76 @@ def test_help_of_a_schema_shows_default_allowed_values_and_help(capsys):
 def test_bad_declaration_is_a_programming_error(keys, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         Schema(keys)
+
+
+# ----------------------------------------------------------------------------------------------
+# --config FILE --help, --print-config, list lengths (issue #16, point 7)
+
+
+def test_help_after_config_shows_the_files_values(tmp_path, capsys):
+    file = tmp_path / "c.yaml"
+    file.write_text("train:\n  batch_size: 64\nmodel_dir: [a, b]\n")
+    with pytest.raises(SystemExit) as info:
+        load_config(SCHEMA, ["--config", str(file), "--train.teacher_bn", "running", "--help"],
+                    prog="toy.py")
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "  --train.batch_size 64  (>= 1)\n" in out
+    assert '  --train.teacher_bn "running"  (one of: batch, running)\n' in out
+    assert '  --model_dir ["a", "b"]' in out
+    assert f"value after --config {file}, the command line" in out
+    with pytest.raises(SystemExit):
+        load_config(SCHEMA, ["--help"], prog="toy.py")
+    assert "  --train.batch_size 32  (>= 1)\n" in capsys.readouterr().out
+
+
+def test_help_of_an_entry_script_after_its_config(capsys):
+    from pathlib import Path
+
+    from train_igam import main
+
+    file = Path(__file__).resolve().parents[2] / "configs/igam_cifar10_to_cifar100.yaml"
+    with pytest.raises(SystemExit) as info:
+        main(["--config", str(file), "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    saved = load_yaml_file(file)
+    assert saved["model_dir"] != schemas.IGAM["model_dir"]
+    assert f'  --model_dir "{saved["model_dir"]}"' in out
+
+
+def test_print_config_prints_the_resolved_yaml(tmp_path, capsys):
+    file = tmp_path / "c.yaml"
+    file.write_text("train:\n  batch_size: 64\n")
+    argv = ["--config", str(file), "--seed", "3", "--print-config"]
+    with pytest.raises(SystemExit) as info:
+        load_config(SCHEMA, argv)
+    assert info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == load_config(SCHEMA, argv[:-1])
+    assert printed["train"]["batch_size"] == 64 and printed["seed"] == 3
+
+
+@pytest.mark.parametrize("argv", [["--model.widths", "8,8,16"],
+                                  ["--model.widths", "[8, 8, 16, 32, 64]"]])
+def test_wideresnet_widths_need_four_values(argv):
+    with pytest.raises(ConfigError) as info:
+        load_config(schemas.ADVTRAIN_SCHEMA, argv)
+    msg = str(info.value)
+    assert "'model.widths'" in msg and "a list of 4 values" in msg and "\n" not in msg
+    with pytest.raises(ConfigError, match="'student.widths'.*4 values"):
+        load_config(schemas.IGAM_SCHEMA, ["--student.widths", "8,8,16"])
+    assert load_config(schemas.ADVTRAIN_SCHEMA, ["--model.widths", "4,4,8,16"])["model"][
+        "widths"] == [4, 4, 8, 16]
+
+
+def test_widths_count_in_a_file(tmp_path):
+    file = tmp_path / "c.yaml"
+    file.write_text("model:\n  widths: [8, 8, 16]\n")
+    with pytest.raises(ConfigError, match=f"'model.widths' in {file}: expected a list of 4"):
+        load_config(schemas.ADVTRAIN_SCHEMA, ["--config", str(file)])
+
+
+def test_length_declaration_must_fit_its_default():
+    with pytest.raises(ValueError, match="not a list of 3 elements"):
+        Schema({"w": Key([1, 2], "widths", length=3)})
