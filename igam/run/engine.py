@@ -41,7 +41,7 @@ from igam.run.checkpoint import (
 )
 from igam.run.device import set_fidelity
 from igam.run.files import atomic_write
-from igam.run.rundir import CHECKPOINT_NAME, MetricsLogger
+from igam.run.rundir import CHECKPOINT_NAME, MetricsLogger, write_run_info
 from igam.run.seeding import rng_state, seed_everything, set_rng_state
 from igam.run.stopping import Stopped, StopRequest
 from igam.training import evaluate, recalibrate_bn
@@ -457,6 +457,11 @@ def train(ckpt: Checkpointer, run, step_fn: Callable[[torch.Tensor, torch.Tensor
     ``total`` steps. Returns the run's metrics logger (rank 0; None on the other ranks)."""
     start = ckpt.restore(run.resume_from) if run.resume_from else 0
     logger = MetricsLogger(run.path, truncate_after=start) if distributed.is_main() else None
+    if logger is not None:  # versions, git commit, device, parameter counts: run_info.json
+        model = unwrap(ckpt.model)
+        write_run_info(run.path, {ckpt.kind: model, **{k: unwrap(m) for k, m in
+                                                       ckpt.extras.items()}},
+                       next(model.parameters()).device, start, distributed.info().world_size)
     fit(step_fn, batches, start, total, ckpt, logger, cfg["log_every"], cfg["checkpoint_every"],
         desc=desc)
     return logger

@@ -7,7 +7,11 @@ A run folder (``models/<name>/``) holds:
   resume: a resume takes it as its base, and may change only the keys declared ``resumable``),
 - ``config_history.jsonl``  one JSON object per start or resume: time, command line, and the
   keys a resume changed with their old and new values,
-- ``metrics.jsonl``  one JSON object per logged step.
+- ``metrics.jsonl``  one JSON object per logged step,
+- ``run_info.json``  what ran the latest start or resume: torch and Python versions, the git
+  commit of the code (null outside a git checkout), the device, the world size and the
+  parameter count of each model (:func:`write_run_info`); the versions and the commit are
+  also in each ``config_history.jsonl`` record.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import contextlib
 import datetime
 import json
 import os
+import platform
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +41,54 @@ CHECKPOINT_NAME = RUN_CHECKPOINT_NAME
 CONFIG_NAME = RUN_CONFIG_NAME
 HISTORY_NAME = "config_history.jsonl"
 METRICS_NAME = "metrics.jsonl"
+RUN_INFO_NAME = "run_info.json"
 
-__all__ = ["CHECKPOINT_NAME", "CONFIG_NAME", "HISTORY_NAME", "METRICS_NAME", "MetricsLogger",
-           "RunDir", "prepare_run_dir"]
+__all__ = ["CHECKPOINT_NAME", "CONFIG_NAME", "HISTORY_NAME", "METRICS_NAME", "RUN_INFO_NAME",
+           "MetricsLogger", "RunDir", "environment_info", "prepare_run_dir", "write_run_info"]
+
+
+def git_commit(path: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """``{"commit": sha, "dirty": bool}`` of the git checkout holding ``path`` (default: this
+    package's source), or None when it is not in one or git is not installed."""
+    where = Path(path) if path is not None else Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        if sha.returncode != 0:
+            return None
+        status = subprocess.run(["git", "-C", str(where), "status", "--porcelain",
+                                 "--untracked-files=no"], capture_output=True, text=True,
+                                timeout=30)
+    except (OSError, subprocess.SubprocessError):  # no git, or it hangs
+        return None
+    return {"commit": sha.stdout.strip(),
+            "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+
+
+def environment_info() -> dict[str, Any]:
+    """Versions of the software running the code, and its git commit (None outside git)."""
+    import torch  # the run folder's other helpers do not need torch
+
+    return {"torch": torch.__version__, "python": platform.python_version(),
+            "git": git_commit()}
+
+
+def write_run_info(run_dir: str | os.PathLike, models: Mapping[str, Any], device: Any,
+                   start_step: int = 0, world_size: int = 1) -> Path:
+    """Write ``run_info.json`` (atomically): :func:`environment_info`, the time, ``device``,
+    ``world_size``, the step the run starts (or resumes) at, and the parameter count of each
+    of ``models`` ({name: nn.Module}; ``parameters`` total and ``trainable``)."""
+    counts = {}
+    for name, module in models.items():
+        params = list(module.parameters())
+        counts[name] = {"parameters": sum(p.numel() for p in params),
+                        "trainable": sum(p.numel() for p in params if p.requires_grad)}
+    info = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **environment_info(), "device": str(device), "world_size": int(world_size),
+            "start_step": int(start_step), "models": counts}
+    path = Path(run_dir) / RUN_INFO_NAME
+    write_json(path, info)
+    return path
 
 
 class MetricsLogger:
@@ -175,7 +226,7 @@ def prepare_run_dir(
         record: dict[str, Any] = {
             "event": "resume" if resume_from is not None else "start",
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": [sys.executable, *sys.argv]}
+            "command": [sys.executable, *sys.argv], **environment_info()}
         config_file = run_path / CONFIG_NAME
         if resume_from is not None and config_file.is_file():
             changes = config_changes(load_yaml_file(config_file), to_json_value(dict(cfg)))

@@ -18,6 +18,7 @@ import pytest
 import torch
 from e2e import FAST, REPO, STUDENT, TINY, run, synth
 
+from igam.run import engine
 from igam.run.checkpoint import load_checkpoint
 
 # Every test here runs entry scripts end to end (the module's pipeline alone takes ~30 s).
@@ -84,6 +85,20 @@ def test_every_step_writes_config_metrics_and_checkpoint(pipeline):
     igam_metrics = [json.loads(x) for x in lines]
     assert "disc_accuracy" in igam_metrics[-1] and "l2" in igam_metrics[-1]
     assert "disc_accuracy" not in igam_metrics[0]  # step 2: still in the warm-up phase
+
+
+def test_every_run_records_what_ran_it(pipeline):
+    """run_info.json: versions, git commit, device and the parameter count of each model."""
+    w, _ = pipeline
+    for name, models in (("src", ["classifier"]), ("teacher", ["teacher"]),
+                         ("igam", ["igam", "discriminator"])):
+        info = json.loads((w / "models" / name / "run_info.json").read_text())
+        assert info["torch"] == torch.__version__ and info["device"] == "cpu"
+        assert "git" in info and info["start_step"] == 0
+        model, _ = engine.load_model(w / "models" / name)
+        assert sorted(info["models"]) == sorted(models)
+        assert info["models"][models[0]]["parameters"] == sum(
+            p.numel() for p in model.parameters())
 
 
 def test_teacher_reports_both_bn_modes_and_saves_gradients(pipeline):
