@@ -80,14 +80,13 @@ class WideResNet(nn.Module):
     CIFAR, 64 for TinyImageNet: the head follows a global average pool).
     """
 
-    def __init__(self, num_classes: int = 10, widths=PAPER_WIDTHS, units_per_stage: int = 5,
-                 standardization: str = "zero_mean_l2"):
-        super().__init__()
+    @staticmethod
+    def check_widths(widths) -> tuple[int, ...]:
+        """The widths as a tuple of ints; ValueError (one line) unless the network can be built
+        with them (checked before any module is made, e.g. by the entry scripts at start)."""
         widths = tuple(int(w) for w in widths)
         if len(widths) != 4:
             raise ValueError(f"widths must have 4 entries (init, stage1..3), got {widths}")
-        if standardization not in STANDARDIZATIONS:
-            raise ValueError(f"standardization must be one of {STANDARDIZATIONS}")
         for a, b in zip(widths[:-1], widths[1:]):
             if (b - a) % 2 or b < a:
                 raise ValueError(f"width step {a}->{b} must be even and non-decreasing "
@@ -95,6 +94,14 @@ class WideResNet(nn.Module):
         if widths[2] == widths[1] or widths[3] == widths[2]:
             raise ValueError(f"widths {widths}: stages 2 and 3 downsample, so their widths must "
                              "grow (the original's shortcut pools only when channels change)")
+        return widths
+
+    def __init__(self, num_classes: int = 10, widths=PAPER_WIDTHS, units_per_stage: int = 5,
+                 standardization: str = "zero_mean_l2"):
+        super().__init__()
+        widths = self.check_widths(widths)
+        if standardization not in STANDARDIZATIONS:
+            raise ValueError(f"standardization must be one of {STANDARDIZATIONS}")
         self.arch = {"type": "wide_resnet", "num_classes": int(num_classes),
                      "widths": list(widths), "units_per_stage": int(units_per_stage),
                      "standardization": standardization}

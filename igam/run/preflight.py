@@ -12,7 +12,8 @@ the dataset is decoded, the models are built, or an hour of attacks). Each failu
 - :func:`check_data` - the dataset folder is there in its official layout (a cheap look at
   the folders, no decoding); the error names the download page;
 - :func:`check_optional_packages` - the optional packages the chosen path needs
-  (AutoAttack: ``pyautoattack``).
+  (AutoAttack: ``pyautoattack``);
+- :func:`check_model_settings` - the WideResNet's ``widths`` (the method's own rule).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from igam.errors import ConfigError, DataError, MissingDependencyError
 from igam.run.checkpoint import checkpoint_path
 from igam.run.rundir import CHECKPOINT_NAME
 
-__all__ = ["check_checkpoints", "check_data", "check_optional_packages", "check_run_dir",
-           "check_start"]
+__all__ = ["check_checkpoints", "check_data", "check_model_settings", "check_optional_packages",
+           "check_run_dir", "check_start"]
 
 AUTOATTACK_INSTALL = "pip install -r requirements-autoattack.txt"
 
@@ -72,6 +73,21 @@ def check_data(data: Mapping[str, Any]) -> None:
                             "and unzip it there (docs/pipeline.md, Datasets)")
 
 
+def check_model_settings(cfg: Mapping[str, Any]) -> None:
+    """ConfigError naming the key if the WideResNet of ``model`` / ``student`` cannot be built
+    with its ``widths`` (the method's own check, :meth:`igam.models.WideResNet.check_widths`),
+    before any data is loaded."""
+    from igam.models import WideResNet
+
+    for section in ("model", "student"):
+        part = cfg.get(section)
+        if isinstance(part, Mapping) and "widths" in part:
+            try:
+                WideResNet.check_widths(part["widths"])
+            except ValueError as exc:
+                raise ConfigError(f"config key '{section}.widths': {exc}") from None
+
+
 def check_optional_packages(cfg: Mapping[str, Any]) -> None:
     """MissingDependencyError if the chosen path needs an optional package that is missing:
     ``attack.method: autoattack`` needs ``pyautoattack``."""
@@ -87,6 +103,7 @@ def check_start(cfg: Mapping[str, Any], *, run_dir: bool = False, checkpoints: t
                 data: bool = False) -> None:
     """The checks a script asks for, cheapest first; see the module docstring."""
     check_optional_packages(cfg)
+    check_model_settings(cfg)
     if run_dir:
         check_run_dir(cfg)
     check_checkpoints(cfg, *checkpoints)

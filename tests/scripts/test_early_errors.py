@@ -96,6 +96,16 @@ def test_tinyimagenet_without_val_fails_before_decoding(tmp_path):
         preflight.check_data({"dataset": "tinyimagenet", "root": str(tmp_path / "tin")})
 
 
+@pytest.mark.parametrize("script, key", [(train_advtrain_tinyimagenet, "model"),
+                                         (train_igam, "student")])
+def test_widths_the_network_cannot_use(tmp_path, c10, no_work, script, key):
+    """The method's own rule (stages 2 and 3 must grow), as a config error, before the data."""
+    with pytest.raises(ConfigError) as e:
+        script.main([f"--{key}.widths", "8,8,8,8", "--data.root", str(c10),
+                     "--data.dataset", "cifar10", "--model_dir", str(tmp_path / "run")])
+    assert f"'{key}.widths'" in str(e.value) and "downsample" in str(e.value)
+
+
 def test_autoattack_without_package(tmp_path, no_work, monkeypatch):
     real = preflight.importlib.util.find_spec
     monkeypatch.setattr(preflight.importlib.util, "find_spec",
