@@ -176,3 +176,17 @@ def test_eval_scripts_check_autoattack_first(tmp_path, script):
     assert proc.returncode == 0, proc.stderr
     assert "configs/attack_autoattack.yaml" in log.read_text()
 
+
+
+def test_demo_skips_the_square_check_without_pyautoattack(tmp_path):
+    """scripts/demo.sh installs only requirements.txt: without pyautoattack it says so at the
+    start and runs the sanity step with --sanity.square_queries 0 (which then cannot fail)."""
+    env, log = _fake_python(tmp_path, have_autoattack=False)
+    env.update(PYTHON=str(tmp_path / "bin" / "python"), DEMO_DIR=str(tmp_path / "out"),
+               DEMO_DATA=str(tmp_path / "data"))
+    proc = subprocess.run(["bash", str(REPO / "scripts/demo.sh")], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "requirements-autoattack.txt" in proc.stderr.splitlines()[0]
+    sanity = [line for line in log.read_text().splitlines() if "igam.eval.sanity" in line]
+    assert len(sanity) == 1 and "--sanity.square_queries 0" in sanity[0]
