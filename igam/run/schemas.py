@@ -150,6 +150,7 @@ ATTACK = {
     "attack_name": "pgd",
     "attack_dir": "attacks",
     "attack_path": "",
+    "transfer": False,        # run_attack.py: evaluate examples made from another model (black-box)
     "eval": dict(_EVAL),
     "precision": dict(_PRECISION),
 }
