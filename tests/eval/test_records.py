@@ -13,6 +13,8 @@ import pytest
 from e2e import REPO, TINY, attack_file, run, synth
 
 import igam
+from igam.errors import IGAMError
+from igam.eval import report
 from igam.eval.advfiles import run_name
 from igam.run import provenance
 
@@ -172,6 +174,49 @@ def test_two_attacks_on_one_model_give_two_results_and_one_clean_prediction_file
     assert np.array_equal(np.load(d / f"pred_clean_{sha8}.npy"), full)
     assert json.loads((d / "eval_fgsm10.json").read_text())["n"] == 10
     assert (d / "eval_fgsm.json").is_file()
+
+
+def test_report_lists_the_records(runs, capsys):
+    w = runs
+    run("run_attack.py", *PGD, "--model_dir", SEED0, cwd=w)
+    run("run_attack.py", *PGD, "--model_dir", SEED1, cwd=w)
+    out = w / "records.json"
+    report.main(["--records", str(w / SEED0), str(w / SEED1), str(w / "data/c10/none"),
+                 "--out", str(out)])
+    text = capsys.readouterr().out
+    entries = json.loads(out.read_text())
+    names = {(e["run_dir"], e["name"]) for e in entries}
+    assert (str(w / SEED0), "pgds5") in names and (str(w / SEED1), "pgds5") in names
+    assert all(e["run_dir"] != str(w / "models/seed0/net/eval_clean") for e in entries)
+    pgd0 = next(e for e in entries if e["run_dir"] == str(w / SEED0) and e["name"] == "pgds5")
+    assert pgd0["attack"]["steps"] == 5 and pgd0["transfer"] is False and not pgd0["stale"]
+    assert pgd0["checkpoint_sha256"] == provenance.file_sha256(w / SEED0 / "checkpoint.pt")
+    header = text.splitlines()[0].split()
+    assert header[:3] == ["model", "step", "checkpoint"]
+    assert "pgd linf eps 8, 5 steps of 2" in text
+    assert f"{100 * pgd0['adv_accuracy']:.2f}%" in text
+    # a table row of the demo kind from the same records
+    table = report.collect(w / "models", ["seed0/net", "seed1/net"], ["pgds5"])
+    assert table["seed0/net"]["pgd5"] == round(100 * pgd0["adv_accuracy"], 2)
+    with pytest.raises(IGAMError, match="no evaluation records"):
+        report.main(["--records", str(w / "data")])
+
+
+def test_results_of_a_replaced_checkpoint_are_stale(runs):
+    """A run folder whose checkpoint changed: its attack file is refused (another checkpoint
+    of the same folder), its old result is marked stale and kept out of the demo table."""
+    w = runs
+    shutil.copytree(w / SEED0, w / "models/copy/net")
+    run("pgd_attack.py", *PGD, "--model_dir", "models/copy/net", cwd=w)
+    run("run_attack.py", *PGD, "--model_dir", "models/copy/net", cwd=w)
+    shutil.copy(w / SEED1 / "checkpoint.pt", w / "models/copy/net/checkpoint.pt")
+    proc = run("run_attack.py", *PGD, "--model_dir", "models/copy/net", cwd=w, check=False)
+    line = one_line_error(proc)
+    assert "another checkpoint of" in line and "regenerate" in line
+    (entry,) = [e for e in report.list_records([w / "models/copy/net"]) if e["name"] == "pgds5"]
+    assert entry["stale"] is True
+    with pytest.raises(IGAMError, match="another checkpoint"):
+        report.collect(w / "models/copy", ["net"], ["pgds5"])
 
 
 def test_run_name_differs_by_path_and_not_by_spelling(tmp_path, monkeypatch):
