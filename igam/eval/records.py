@@ -262,7 +262,7 @@ def check_result_slot(result_path: Path, attack: Mapping[str, Any],
         return  # not a record: replaced
     if not isinstance(old, dict) or old.get("record") != EVAL_RECORD:
         return
-    same_file = os.path.abspath(str(old.get("attack_file"))) == os.path.abspath(str(attack_file))
+    same_file = old.get("attack_file_path") == str(Path(attack_file).resolve())
     old_source = (old.get("source_model") or old.get("model") or {}).get("checkpoint_sha256")
     differences = _differences(old.get("attack") or {}, attack, ("there", "here"))
     if same_file or (not differences and old_source == source_sha256):
@@ -291,8 +291,8 @@ def eval_result(*, target: AttackTarget, cfg: Mapping[str, Any], device, tag: st
         "source_model": (record["model"] if record else None) if transfer else None,
         "model": model_info(target, cfg["model_dir"]), "data": data_info(target),
         "attack": attack,
-        "attack_file_sha256": file_sha256,
-        "attack_record": str(record_path(target.path)) if record else None,
+        "attack_file_path": str(target.path.resolve()), "attack_file_sha256": file_sha256,
+        "attack_record": str(record_path(target.path).resolve()) if record else None,
         "attack_created": record.get("created") if record else None,
         "predictions": {"adversarial": f"pred_{tag}.npy", "clean": clean_predictions},
         "eval": {"batch_size": cfg["eval"]["batch_size"], "precision": dict(cfg["precision"])},

@@ -176,6 +176,21 @@ def test_two_attacks_on_one_model_give_two_results_and_one_clean_prediction_file
     assert (d / "eval_fgsm.json").is_file()
 
 
+def test_another_attack_under_the_same_name_does_not_overwrite_a_result(runs):
+    w, d = runs, runs / SEED0
+    run("run_attack.py", *PGD, "--model_dir", SEED0, cwd=w)
+    before = (d / "eval_pgds5.json").read_text()
+    eps4 = ["--attack.eps", "4", "--attack.step_size", "1", "--attack_path", "attacks/eps4.npy"]
+    run("pgd_attack.py", *PGD, "--model_dir", SEED0, *eps4, cwd=w)  # also named pgds5
+    proc = run("run_attack.py", *PGD, "--model_dir", SEED0, *eps4, cwd=w, check=False)
+    line = one_line_error(proc)
+    assert "holds the result of another attack named pgds5" in line
+    assert "attack.eps is 8.0 there, 4.0 here" in line and "attack_name" in line
+    assert (d / "eval_pgds5.json").read_text() == before
+    run("run_attack.py", *PGD, "--model_dir", SEED0, cwd=w)  # the same file again: replaced
+    assert json.loads((d / "eval_pgds5.json").read_text())["created"]
+
+
 def test_report_lists_the_records(runs, capsys):
     w = runs
     run("run_attack.py", *PGD, "--model_dir", SEED0, cwd=w)
