@@ -3,8 +3,8 @@
 Port of the original ``pgd_attack.py`` (original.md §8): L-inf PGD (default eps 8, step 2, 10 steps,
 random start), FGSM (``--attack.method fgsm``) or per-example L2 PGD, early-stopping by default
 (``attack.early_stop``); or AutoAttack (``--attack.method autoattack``, optional package,
-docs/evaluation.md#autoattack). The model is rebuilt from its checkpoint alone (classifier, teacher or
-IGAM student), evaluated in eval mode unless ``--eval.bn_mode train``. Writes
+docs/evaluation.md#autoattack). The model is rebuilt from its checkpoint alone (classifier,
+teacher or IGAM student), evaluated in eval mode unless ``--eval.bn_mode train``. Writes
 ``attacks/<model_name>-<hash>_<attack_name>_attack.npy`` (``c100attack`` for CIFAR-100;
 ``<hash>``: of the run folder's absolute path, so two runs never share a file): float32 NHWC
 in [0, 255], the original's format, and beside it its record ``..._attack.json``: the

@@ -10,9 +10,9 @@ evaluated with a one-line warning. Reports adversarial and clean accuracy, and w
 the model folder, named by the attack that made the file (its record's name; transfer:
 ``<attack_name>_from_<source run>``): ``eval_<name>.json`` (the result with its provenance),
 ``eval_<name>.txt``, the predictions ``pred_<name>.npy``, and once per checkpoint the clean
-predictions ``pred_clean_<checkpoint sha256[:8]>.npy`` (docs/evaluation.md "Records"). A SIGINT / SIGTERM stops the
-evaluation at once: nothing is written, one line says how far it got and the command that
-reruns it (exit code 128 + the signal number).
+predictions ``pred_clean_<checkpoint sha256[:8]>.npy`` (docs/evaluation.md "Records").
+A SIGINT / SIGTERM stops the evaluation at once: nothing is written, one line says how far it
+got and the command that reruns it (exit code 128 + the signal number).
 
     python run_attack.py --model_dir models/igam_tinyimagenet_to_cifar10 --attack_name pgds20
 """
