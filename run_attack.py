@@ -2,11 +2,17 @@
 
 Port of the original ``run_attack.py`` (original.md §8): the file is refused (one-line error) if its
 shape, pixel range [0, 255] (+-1e-4) or perturbation size (max |x_adv - x_nat| <= eps + 1e-4)
-is wrong. Reports adversarial and clean accuracy, and writes into the model folder
-``eval_<attack_name>.json``, ``eval_<attack_name>.txt`` and the predictions
-``pred_<attack_name>.npy`` (adversarial) / ``pred_clean.npy``. A SIGINT / SIGTERM stops the
-evaluation at once: nothing is written, one line says how far it got and the command that
-reruns it (exit code 128 + the signal number).
+is wrong. Its record (``<file>.json``, written by pgd_attack.py) is checked first: examples
+made from another model (checkpoint hash) are refused unless ``--transfer true`` asks for a
+transfer (black-box) evaluation, and so are examples made on other data or with attack
+parameters other than the config's; a file without a record (the original TF code's) is
+evaluated with a one-line warning. Reports adversarial and clean accuracy, and writes into
+the model folder, named by the attack that made the file (its record's name; transfer:
+``<attack_name>_from_<source run>``): ``eval_<name>.json`` (the result with its provenance),
+``eval_<name>.txt``, the predictions ``pred_<name>.npy``, and once per checkpoint the clean
+predictions ``pred_clean_<checkpoint sha256[:8]>.npy`` (docs/evaluation.md "Records").
+A SIGINT / SIGTERM stops the evaluation at once: nothing is written, one line says how far it
+got and the command that reruns it (exit code 128 + the signal number).
 
     python run_attack.py --model_dir models/igam_tinyimagenet_to_cifar10 --attack_name pgds20
 """
@@ -19,12 +25,13 @@ import numpy as np
 from tqdm import tqdm
 
 from igam.data import eval_batches
-from igam.eval import advfiles
+from igam.eval import advfiles, records
 from igam.eval.advfiles import adversarial_batches, load_adversarial
 from igam.run import engine, precision, schemas
 from igam.run.cli import run_main
 from igam.run.config import load_config
 from igam.run.files import atomic_write, atomic_write_text, write_json
+from igam.run.provenance import file_sha256
 from igam.run.stopping import abort_on_signal
 from igam.training import evaluate
 
@@ -32,11 +39,29 @@ from igam.training import evaluate
 def main(argv=None):
     cfg = load_config(schemas.ATTACK_SCHEMA, argv, prog="run_attack.py", description=__doc__)
     device = engine.setup(cfg)
-    model, test, path, norm = advfiles.load_attack_target(cfg, device)
+    target = advfiles.load_attack_target(cfg, device)
+    test, path, norm = target.test, target.path, target.norm
     eps = float(cfg["attack"]["eps"])
+    expected = records.attack_params(cfg, norm)  # also validates the config's attack
+    transfer, record = bool(cfg["transfer"]), None
+    if path.is_file():  # the record first: its one-line reasons are the clearest
+        record = records.read_attack_record(path)
+        file_sha = file_sha256(path)
+        if record is not None:
+            transfer = records.check_attack_record(record, target, cfg, file_sha, transfer)
     x_adv = load_adversarial(path, test.images, eps, norm)
+    tag = records.result_tag(record["attack"]["name"] if record else cfg["attack_name"],
+                             transfer, record)
+    out = Path(cfg["model_dir"])
+    if out.is_file():  # a checkpoint file given: results beside it
+        out = out.parent
+    source_sha = (record["model"]["checkpoint_sha256"] if record
+                  else None if transfer else target.sha256)
+    records.check_result_slot(out / f"eval_{tag}.json",
+                              dict(record["attack"]) if record else expected, source_sha, path)
+
     prec = precision.from_config(cfg["precision"])  # bf16 / channels_last / compile: opt-in
-    model = precision.compiled(precision.wrap(model, prec), prec)
+    model = precision.compiled(precision.wrap(target.model, prec), prec)
     bs, bn = cfg["eval"]["batch_size"], cfg["eval"]["bn_mode"]
     nb = -(-len(test) // bs)
     bars: dict[str, tqdm] = {}
@@ -58,20 +83,30 @@ def main(argv=None):
         clean = evaluate(model, eval_batches(test, bs, device), bn_mode=bn,
                          progress=progress("clean", "clean"))
 
-    out = Path(cfg["model_dir"])
-    tag = cfg["attack_name"] or "attack"
-    result = {"model_dir": str(cfg["model_dir"]), "attack_file": str(path),
-              "dataset": test.name, "n": adv["n"], "eps": eps, "norm": norm,
-              "bn_mode": cfg["eval"]["bn_mode"], "adv_accuracy": adv["accuracy"],
-              "clean_accuracy": clean["accuracy"]}
+    clean_name, key = records.clean_predictions_name(target, cfg, prec.is_default)
+    records.save_clean_predictions(out, clean_name, key, clean["predictions"].numpy(), target,
+                                   cfg, clean["accuracy"])
+    result = records.eval_result(target=target, cfg=cfg, device=device, tag=tag, record=record,
+                                 transfer=transfer, file_sha256=file_sha, adv=adv, clean=clean,
+                                 clean_predictions=clean_name)
+    with atomic_write(out / f"pred_{tag}.npy", "wb", encoding=None) as fh:
+        np.save(fh, adv["predictions"].numpy())
     write_json(out / f"eval_{tag}.json", result)
-    text = (f"model: {cfg['model_dir']}\nattack file: {path}\n"
-            f"adversarial accuracy: {100 * adv['accuracy']:.2f}% ({adv['correct']}/{adv['n']})\n"
-            f"clean accuracy: {100 * clean['accuracy']:.2f}% ({clean['correct']}/{clean['n']})\n")
+    m = result["model"]
+    lines = [f"model: {cfg['model_dir']} (step {m['step']}, checkpoint sha256 "
+             f"{m['checkpoint_sha256'][:records.SHORT]})",
+             f"attack file: {path} ({tag}: {records.describe_attack(result['attack'])}; "
+             + ("record checked)" if record else "no record: unchecked)")]
+    if transfer:
+        src = result["source_model"]
+        lines.append("transfer (black-box) attack from " + (
+            f"{src['path']} (step {src['step']}, checkpoint sha256 "
+            f"{src['checkpoint_sha256'][:records.SHORT]})" if src else "an unknown model"))
+    lines += [f"adversarial accuracy: {100 * adv['accuracy']:.2f}% ({adv['correct']}/{adv['n']})",
+              f"clean accuracy: {100 * clean['accuracy']:.2f}% ({clean['correct']}/{clean['n']})",
+              f"result: {out / f'eval_{tag}.json'}"]
+    text = "\n".join(lines) + "\n"
     atomic_write_text(out / f"eval_{tag}.txt", text)
-    for fname, res in ((f"pred_{tag}.npy", adv), ("pred_clean.npy", clean)):
-        with atomic_write(out / fname, "wb", encoding=None) as fh:
-            np.save(fh, res["predictions"].numpy())
     print(text, end="")
 
 

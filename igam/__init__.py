@@ -75,7 +75,8 @@ igam.data
 igam.run.config / igam.run.schemas / igam.run.checkpoint / igam.run.engine; run-time plumbing:
 igam.run.seeding, igam.run.device, igam.run.files (atomic writes, JSON), igam.run.rundir (run
 folder, metrics log), igam.run.cli (error guard), igam.run.stopping (SIGINT / SIGTERM: checkpoint
-the step reached, print the command that continues, exit 128 + signal)
+the step reached, print the command that continues, exit 128 + signal), igam.run.provenance
+(file hash, code version)
     load_config(schema, argv) (schemas.IGAM_SCHEMA, ...: Keys with default, help, choices,
     range), save_checkpoint / load_checkpoint (atomic, weights_only), seed_everything,
     resolve_device, MetricsLogger, engine.fit / Checkpointer, engine.save_input_gradients
@@ -95,9 +96,11 @@ igam.eval.sanity / igam.eval.visualize / igam.eval.figures
                                               -> {name: {"mean_cosine", "std_cosine", "n", ...}}
     visualize.display_gradients(g, clip_std=3) -> (B,3,H,W) in [0,1]   per-image display scaling
     figures.labelled_grid(cells, nrow, row_labels, col_labels), figures.line_chart(...) -> PIL
-igam.eval.advfiles / igam.eval.report
-    save_adversarial / load_adversarial (the original's NHWC .npy files), load_attack_target;
-    ``python -m igam.eval.report`` (tables of results, --summarize over seeds)
+igam.eval.advfiles / igam.eval.records / igam.eval.report
+    save_adversarial / load_adversarial (the original's NHWC .npy files), load_attack_target,
+    run_name; records: attack_record / check_attack_record / eval_result (provenance of
+    attack files and results); ``python -m igam.eval.report`` (tables of results,
+    --summarize over seeds, --records of run folders)
 --- the original's checkpoints ---
 igam.tf.reader / igam.tf.convert
     read_tf_checkpoint(path) -> {name: np.ndarray}; model_from_tf(variables, arch) -> nn.Module

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Step 4 (original run_eval_igam_tinyimagenettoc10_upresize.sh): FGSM, PGD-10, PGD-5,
-# PGD-20 and PGD-100 on the IGAM student: generate (pgd_attack.py), then evaluate
-# (run_attack.py). MODEL_DIR=models/other bash scripts/04_... attacks another model.
+# PGD-20 and PGD-100 on the IGAM student: generate (pgd_attack.py; files
+# attacks/<model>-<path hash>_<attack>_attack.npy, each with its record .json), then evaluate
+# (run_attack.py; results $MODEL_DIR/eval_<attack>.json). MODEL_DIR=models/other bash
+# scripts/04_... attacks another model. Ends by listing the model's evaluation records.
 # Then standard AutoAttack (L-inf eps 8; needs pip install -r requirements-autoattack.txt,
 # checked at the start; AUTOATTACK=0 skips it, e.g. AUTOATTACK_EXAMPLES=1000 attacks the first
 # 1000 test images).
@@ -26,3 +28,4 @@ if [ "$AUTOATTACK" != 0 ]; then
       --eval.num_examples "$AUTOATTACK_EXAMPLES" "$@"
   done
 fi
+python -m igam.eval.report --records "$MODEL_DIR"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Step 6 (original run_eval_igam_c10to100.sh): PGD-5, PGD-20 and PGD-100 on the CIFAR-100
-# IGAM student (files attacks/<model>_<attack>_c100attack.npy), then standard AutoAttack
+# IGAM student (files attacks/<model>-<path hash>_<attack>_c100attack.npy, each with its
+# record .json; results $MODEL_DIR/eval_<attack>.json), then standard AutoAttack
 # (L-inf eps 8; needs pip install -r requirements-autoattack.txt, checked at the start;
-# AUTOATTACK=0 skips it, AUTOATTACK_EXAMPLES=N attacks the first N test images only).
+# AUTOATTACK=0 skips it, AUTOATTACK_EXAMPLES=N attacks the first N test images only). Ends by
+# listing the model's evaluation records.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL_DIR=${MODEL_DIR:-models/igam_cifar10_to_cifar100}
@@ -27,3 +29,4 @@ if [ "$AUTOATTACK" != 0 ]; then
       --eval.num_examples "$AUTOATTACK_EXAMPLES" "$@"
   done
 fi
+python -m igam.eval.report --records "$MODEL_DIR"

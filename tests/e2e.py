@@ -1,6 +1,6 @@
 """Helpers of the end-to-end tests: run an entry script or ``python -m igam.data.synthetic``
-through its real command line (a subprocess with this repository on PYTHONPATH), and the tiny
-model sizes those tests train at."""
+through its real command line (a subprocess with this repository on PYTHONPATH), the tiny
+model sizes those tests train at, and where pgd_attack.py puts a model's attack file."""
 
 from __future__ import annotations
 
@@ -13,6 +13,15 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["--model.widths", "4,4,8,16", "--model.units_per_stage", "1"]
 STUDENT = ["--student.widths", "4,4,8,16", "--student.units_per_stage", "1"]
 FAST = ["--device", "cpu", "--log_every", "2", "--eval.batch_size", "50"]
+
+
+def attack_file(cwd: Path, model_dir: str, attack: str, dataset: str = "cifar10",
+                norm: str = "linf", attack_dir: str = "attacks") -> Path:
+    """The default adversarial-example file of ``model_dir`` (relative to ``cwd``, where the
+    scripts ran): ``<attack_dir>/<run folder name>-<path hash>_<attack>_attack.npy``."""
+    from igam.eval.advfiles import attack_file_path, run_name
+
+    return cwd / attack_file_path(attack_dir, run_name(cwd / model_dir), attack, dataset, norm)
 
 
 def run(script: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

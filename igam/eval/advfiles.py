@@ -2,13 +2,17 @@
 
 Format of the original: ``attacks/<model_name>[_<attack_name>]_attack.npy`` (``c100attack``
 for CIFAR-100, ``l2attack`` for L2 attacks), a float32 array (N, H, W, 3) - NHWC - with pixels
-in [0, 255], in the order of the test set.
+in [0, 255], in the order of the test set. The port's ``<model_name>`` is the run folder's
+name and a short hash of its absolute path (:func:`run_name`), so two runs never share a file;
+the record beside each file (what made it) is :mod:`igam.eval.records`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +20,28 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from igam.errors import AttackFileError
+from igam.data import load_dataset, resolve_classes, select_classes
+from igam.errors import AttackFileError, CheckpointError
 from igam.run import engine
+from igam.run.checkpoint import checkpoint_path
 from igam.run.files import atomic_write
+from igam.run.provenance import file_sha256
 
 RANGE_TOL = 1e-4
 EPS_TOL = 1e-4
+
+
+def run_name(model_dir: str | os.PathLike) -> str:
+    """``<name>-<hash>``: the run folder's name (a checkpoint file's stem, or its folder's name
+    for ``checkpoint.pt``) and the first 8 hex digits of the SHA-256 of its absolute path.
+
+    The name of the adversarial-example files of the model: ``models/seed0/net`` and
+    ``models/seed1/net`` give ``net-<h0>`` and ``net-<h1>``, two different files."""
+    path = Path(model_dir).resolve()
+    name = path.name
+    if path.is_file() or path.suffix == ".pt":
+        name = path.parent.name if path.stem == "checkpoint" else path.stem
+    return f"{name}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
 
 
 def attack_file_path(out_dir: str | os.PathLike, model_name: str, attack_name: str | None,
@@ -102,18 +122,54 @@ def adversarial_batches(x_adv: np.ndarray, labels: np.ndarray, batch_size: int, 
         yield x.to(device).permute(0, 3, 1, 2).contiguous(), y.to(device)
 
 
-def load_attack_target(cfg: Mapping[str, Any], device) -> tuple[nn.Module, Any, Path, str]:
-    """What pgd_attack.py and run_attack.py share: the model of ``model_dir``, its test set
-    (``eval.num_examples`` first examples), the adversarial-example file and the norm."""
-    model, ckpt = engine.load_classifier(cfg["model_dir"], device)
+@dataclass
+class AttackTarget:
+    """What pgd_attack.py and run_attack.py share (:func:`load_attack_target`).
+
+    ``model``: on the device; ``test``: the test set attacked (``eval.num_examples`` first
+    examples); ``path``: the adversarial-example file; ``norm``: 'linf' or 'l2'; ``data``: the
+    resolved data section (``dataset``, ``root``, ``classes``: the full list of original class
+    indices, [] = every class); ``checkpoint``: the checkpoint file, ``sha256`` its hash,
+    ``ckpt`` its dict (``step``, ``kind``, ...)."""
+
+    model: nn.Module
+    test: Any
+    path: Path
+    norm: str
+    data: dict
+    checkpoint: Path
+    sha256: str
+    ckpt: dict
+
+
+def _stat_key(path: Path) -> tuple:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def load_attack_target(cfg: Mapping[str, Any], device) -> AttackTarget:
+    """The model of ``model_dir`` with its checkpoint's hash, its test set and the
+    adversarial-example file (``attack_path``, or ``<attack_dir>/<run_name>_<attack_name>
+    _attack.npy``). CheckpointError if the checkpoint is replaced while it is read (a run
+    still writing it), so the hash is that of the weights loaded."""
+    file = checkpoint_path(cfg["model_dir"])
+    before = _stat_key(file)
+    sha = file_sha256(file)
+    model, ckpt = engine.load_classifier(file, device)
+    if _stat_key(file) != before:
+        raise CheckpointError(f"{file} changed while it was read (a run still saving it?); "
+                              "try again when it is finished")
     data = engine.eval_data(cfg["data"], ckpt, cfg["model_dir"])
-    test = engine.eval_subset(engine.eval_test_set(data), cfg["eval"]["num_examples"])
+    _, full = load_dataset(data["dataset"], data["root"])
+    classes = resolve_classes(data, full.num_classes, data["dataset"])
+    data.update(classes=list(classes or []), num_classes=0)
+    test = engine.eval_subset(select_classes(full, classes), cfg["eval"]["num_examples"])
     engine.check_classes(model, test, cfg["model_dir"])
     norm = attack_norm(cfg["attack"])
-    name = Path(cfg["model_dir"]).resolve().name
     path = Path(cfg["attack_path"]) if cfg["attack_path"] else attack_file_path(
-        cfg["attack_dir"], name, cfg["attack_name"], data["dataset"], norm)
-    return model, test, path, norm
+        cfg["attack_dir"], run_name(cfg["model_dir"]), cfg["attack_name"], data["dataset"],
+        norm)
+    return AttackTarget(model, test, path, norm, data, file, sha, ckpt)
 
 
 def attack_norm(attack: Mapping[str, Any]) -> str:

@@ -1,10 +1,14 @@
-"""Collect the run_attack.py results of several models into one table (used by the demos).
+"""Collect the run_attack.py results of several models into one table (used by the demos),
+or list the evaluation records of run folders.
 
     python -m igam.eval.report models/demo --rows teacher igam_student --attacks fgsm pgds20 \
         --alignment models/demo/input_gradients.json --out models/demo/results.json
 
 Reads ``<dir>/<row>/eval_<attack>.json`` (written by run_attack.py) and prints
 clean / per-attack accuracy in percent; writes ``{row: {"clean": %, "<attack>": %}}``.
+A result that is not a white-box evaluation of the folder's current checkpoint (a transfer
+result, or one whose recorded checkpoint hash is not that of ``<row>/checkpoint.pt``) is
+refused: the table shows only numbers of the models in the folders.
 Attack names ``pgds20`` are reported as ``pgd20`` (the original's names carry an 's').
 With several folders (e.g. one per transfer pair, scripts/demo_real.sh) the same rows are
 read from each: one table with rows ``<folder name>/<row>``, and the JSON is nested,
@@ -12,6 +16,13 @@ read from each: one table with rows ``<folder name>/<row>``, and the JSON is nes
 ``--alignment`` (JSONs of ``python -m igam.eval.visualize``, one per folder) adds the column
 ``alignment``: a student's mean cosine similarity with the teacher's input gradients, 1 for
 the teacher's own row (trivially), null ("-") for the other rows.
+
+    python -m igam.eval.report --records models/* [--out records.json]
+
+lists every evaluation record (``eval_*.json`` of run_attack.py) of the run folders given
+(other paths are skipped): model (folder, training step, checkpoint hash, ``stale`` if the
+folder's checkpoint has changed since), result name, attack and its parameters, transfer
+source, examples, clean and adversarial accuracy, from the records themselves.
 
     python -m igam.eval.report --summarize seed_0/results.json seed_1/results.json \
         --out summary.json
@@ -27,27 +38,112 @@ import json
 from pathlib import Path
 
 from igam.errors import IGAMError
+from igam.eval.records import EVAL_RECORD, SHORT, describe_attack
 from igam.run.cli import run_main
 from igam.run.files import write_json
+from igam.run.provenance import file_sha256
+from igam.run.rundir import CHECKPOINT_NAME
 
 
 def column(attack: str) -> str:
     return attack.replace("pgds", "pgd")
 
 
+def current_checkpoint_sha256(run_dir: Path, cache: dict | None = None) -> str | None:
+    """SHA-256 of ``run_dir/checkpoint.pt`` (None if there is none), memoised in ``cache``."""
+    cache = {} if cache is None else cache
+    key = str(Path(run_dir).resolve())
+    if key not in cache:
+        file = Path(run_dir) / CHECKPOINT_NAME
+        cache[key] = file_sha256(file) if file.is_file() else None
+    return cache[key]
+
+
+def read_result(path: Path) -> dict:
+    """An eval JSON of run_attack.py (one-line errors)."""
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise IGAMError(f"{path} is not valid JSON") from None
+    if not isinstance(res, dict) or "adv_accuracy" not in res or "clean_accuracy" not in res:
+        raise IGAMError(f"{path} is not a result of run_attack.py")
+    return res
+
+
 def collect(run_dir: Path, rows: list[str], attacks: list[str]) -> dict:
-    table = {}
+    table, hashes = {}, {}
     for row in rows:
         entry = {}
         for attack in attacks:
             path = run_dir / row / f"eval_{attack}.json"
             if not path.is_file():
                 raise IGAMError(f"{path} not found: run run_attack.py for {row} / {attack} first")
-            res = json.loads(path.read_text())
+            res = read_result(path)
+            if res.get("record") == EVAL_RECORD:  # results of earlier versions have none
+                if res.get("transfer"):
+                    raise IGAMError(f"{path} is a transfer result, not the white-box evaluation "
+                                    f"of {row}")
+                now = current_checkpoint_sha256(run_dir / row, hashes)
+                then = res["model"]["checkpoint_sha256"]
+                if now is not None and then != now:
+                    raise IGAMError(f"{path} evaluates another checkpoint of {row} (sha256 "
+                                    f"{then[:SHORT]}; now {now[:SHORT]}): rerun pgd_attack.py and "
+                                    "run_attack.py for it")
             entry.setdefault("clean", round(100 * res["clean_accuracy"], 2))
             entry[column(attack)] = round(100 * res["adv_accuracy"], 2)
         table[row] = entry
     return table
+
+
+def list_records(run_dirs: list[Path]) -> list[dict]:
+    """One entry per result (``eval_*.json`` with an accuracy) of each run folder in
+    ``run_dirs`` (paths that are not folders are skipped), from the records themselves;
+    results of earlier versions (no record) are listed with ``record: false``."""
+    out, hashes = [], {}
+    for run_dir in run_dirs:
+        if not run_dir.is_dir():
+            continue
+        for path in sorted(run_dir.glob("eval_*.json")):
+            try:
+                res = read_result(path)
+            except IGAMError:
+                continue  # eval_clean.json of the training scripts, or not a result
+            recorded = res.get("record") == EVAL_RECORD
+            model, attack = res.get("model") or {}, res.get("attack") or {}
+            sha = model.get("checkpoint_sha256")
+            now = current_checkpoint_sha256(run_dir, hashes)
+            source = res.get("source_model") or {}
+            out.append({
+                "run_dir": str(run_dir), "result": path.name, "record": recorded,
+                "name": res.get("name", path.stem[len("eval_"):]),
+                "step": model.get("step"), "checkpoint_sha256": sha,
+                "stale": bool(recorded and now is not None and sha != now),
+                "attack": attack if recorded else None,
+                "attack_text": (describe_attack(attack) + ("" if res.get("attack_record")
+                                                            else " (file had no record)"))
+                if recorded else f"{res.get('norm', '?')} eps {res.get('eps', '?')} (no record)",
+                "transfer": bool(res.get("transfer")),
+                "source": source.get("path") or source.get("model_dir") if res.get("transfer")
+                else None,
+                "n": res.get("n"), "clean_accuracy": res["clean_accuracy"],
+                "adv_accuracy": res["adv_accuracy"], "created": res.get("created")})
+    return out
+
+
+def format_records(entries: list[dict]) -> str:
+    """The table of :func:`list_records`."""
+    head = ["model", "step", "checkpoint", "result", "attack", "transfer from", "n", "clean",
+            "adversarial"]
+    rows = []
+    for e in entries:
+        sha = (e["checkpoint_sha256"] or "-")[:SHORT] + (" stale" if e["stale"] else "")
+        transfer = (e["source"] or "unknown") if e["transfer"] else "-"
+        rows.append([e["run_dir"], "-" if e["step"] is None else str(e["step"]), sha,
+                     e["name"], e["attack_text"], transfer, str(e["n"]),
+                     f"{100 * e['clean_accuracy']:.2f}%", f"{100 * e['adv_accuracy']:.2f}%"])
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+                     for r in [head] + rows)
 
 
 def read_alignment(path: Path) -> dict:
@@ -124,8 +220,20 @@ def main(argv=None):
     p.add_argument("--alignment", type=Path, nargs="+", default=None,
                    help="JSONs of python -m igam.eval.visualize (one per run folder): adds the "
                         "alignment column")
+    p.add_argument("--records", type=Path, nargs="+", default=None, metavar="RUN_DIR",
+                   help="instead of the table: list the evaluation records of these run "
+                        "folders (e.g. models/*)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.records:
+        entries = list_records(args.records)
+        if not entries:
+            raise IGAMError("no evaluation records (eval_*.json of run_attack.py) in "
+                            + " ".join(str(d) for d in args.records))
+        print(format_records(entries))
+        if args.out is not None:
+            write_json(args.out, entries)
+        return
     if args.summarize:
         runs = []
         for path in args.summarize:
@@ -143,7 +251,8 @@ def main(argv=None):
             write_json(args.out, {"runs": [str(p) for p in args.summarize], "summary": result})
         return
     if not args.run_dirs or not args.rows:
-        raise IGAMError("igam.eval.report needs run folders and --rows (or --summarize FILES)")
+        raise IGAMError("igam.eval.report needs run folders and --rows (or --summarize FILES, "
+                        "or --records RUN_DIRS)")
     if args.alignment and len(args.alignment) != len(args.run_dirs):
         raise IGAMError(f"--alignment needs one JSON per run folder ({len(args.run_dirs)}), "
                         f"got {len(args.alignment)}")

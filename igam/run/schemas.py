@@ -322,10 +322,13 @@ ATTACK_SCHEMA = Schema({
         "n_queries": Key(0, "reduced-cost option: Square queries (0 = the version's); not "
                             "standard AutoAttack" + _AUTOATTACK_ONLY, range=">= 0"),
     },
-    "attack_name": Key("pgd", "file name: <attack_dir>/<model_name>_<attack_name>_attack.npy "
-                              "(_c100attack.npy for CIFAR-100)"),
+    "attack_name": Key("pgd", "file name: <attack_dir>/<model_name>-<hash>_<attack_name>_attack"
+                              ".npy (<hash>: of the run folder's absolute path; "
+                              "_c100attack.npy for CIFAR-100), its record beside it (.json)"),
     "attack_dir": Key("attacks", "folder of the adversarial-example files"),
     "attack_path": Key("", 'explicit file path; "" = from attack_dir and attack_name'),
+    "transfer": Key(False, "run_attack.py: true evaluates examples made from another model as a "
+                           "transfer (black-box) attack, recorded as such; false refuses them"),
     "eval": {**_EVAL, "bn_mode": replace(_EVAL["bn_mode"], help=_EVAL["bn_mode"].help
                                          + "; autoattack: eval only")},
     "precision": dict(_PRECISION),

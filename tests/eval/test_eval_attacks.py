@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from e2e import REPO, run, synth
+from e2e import REPO, attack_file, run, synth
 
 from igam.errors import ConfigError, MissingDependencyError
 from igam.eval import autoattack
@@ -40,11 +40,17 @@ def test_autoattack_end_to_end_then_run_attack(trained):
     w = trained
     run("pgd_attack.py", "--config", CONFIG, "--device", "cpu", "--model_dir", "models/c10",
         *REDUCED, cwd=w)
-    adv = np.load(w / "attacks/c10_autoattack_attack.npy")
+    npy = attack_file(w, "models/c10", "autoattack")
+    adv = np.load(npy)
     assert adv.shape == (24, 32, 32, 3) and adv.dtype == np.float32
     assert adv.min() >= 0 and adv.max() <= 255
-    meta = json.loads((w / "attacks/c10_autoattack_attack.json").read_text())
+    meta = json.loads(npy.with_suffix(".json").read_text())
     rep = meta["autoattack"]
+    assert meta["attack"] == {"name": "autoattack", "method": "autoattack", "norm": "linf",
+                              "eps": 8.0, "seed": 0, "bn_mode": "eval", "version": "standard",
+                              "attacks": ["apgd-ce", "apgd-t", "square"], "n_iter": 5,
+                              "n_queries": 40}
+    assert meta["data"]["n"] == 24
     assert list(rep["robust_accuracy"]) == ["clean", "apgd-ce", "apgd-t", "square"]
     accs = list(rep["robust_accuracy"].values())
     assert all(a >= b for a, b in zip(accs, accs[1:]))  # non-increasing
@@ -56,6 +62,7 @@ def test_autoattack_end_to_end_then_run_attack(trained):
     proc = run("run_attack.py", "--config", CONFIG, "--device", "cpu", "--model_dir",
                "models/c10", *REDUCED, cwd=w)
     ev = json.loads((w / "models/c10/eval_autoattack.json").read_text())
+    assert ev["attack"] == meta["attack"] and ev["transfer"] is False
     assert ev["adv_accuracy"] == pytest.approx(rep["final_accuracy"])
     assert ev["clean_accuracy"] == pytest.approx(rep["clean_accuracy"])
     assert ev["adv_accuracy"] <= ev["clean_accuracy"] and "adversarial accuracy" in proc.stdout
@@ -193,7 +200,7 @@ def _pgd_eval(w, *args):
               *args]
     proc = run("pgd_attack.py", *common, cwd=w)
     run("run_attack.py", *common, cwd=w)
-    meta = json.loads((w / "attacks/c10_pgds5_attack.json").read_text())
+    meta = json.loads(attack_file(w, "models/c10", "pgds5").with_suffix(".json").read_text())
     ev = json.loads((w / "models/c10/eval_pgds5.json").read_text())
     return meta, ev, proc.stderr
 
@@ -201,9 +208,9 @@ def _pgd_eval(w, *args):
 @pytest.mark.slow
 def test_pgd_attack_early_stops_by_default_and_not_under_bn_mode_train(trained):
     meta, ev_es, _ = _pgd_eval(trained)
-    assert meta["early_stop"] is True and meta["seconds"] > 0
+    assert meta["attack"]["early_stop"] is True and meta["seconds"] > 0
     meta, ev_full, _ = _pgd_eval(trained, "--attack.early_stop", "false")
-    assert meta["early_stop"] is False
+    assert meta["attack"]["early_stop"] is False
     assert ev_es["adv_accuracy"] <= ev_full["adv_accuracy"] < ev_full["clean_accuracy"]
     meta, ev_train, err = _pgd_eval(trained, "--eval.bn_mode", "train")
-    assert meta["early_stop"] is False and "early_stop is off" in err
+    assert meta["attack"]["early_stop"] is False and "early_stop is off" in err

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -123,3 +125,28 @@ def test_config_file_holds_only_overrides_under_a_header(path):
     header = text.split("\n\n", 1)[0]
     assert all(line.startswith("#") for line in header.splitlines()), path.name
     assert "Run:" in header and "docs/config_keys.md" in header and "--help" in header
+
+
+def test_defaults_named_in_the_differences_page_are_the_schemas():
+    """docs/differences.md names the port's default of each option in parentheses
+    ("- `allow_tf32` (false): ..."); each such value must be the declared default, so the page
+    cannot drift from the code."""
+    defaults = {}
+    for schema in schemas.SCHEMAS:
+        for key, declared in schema.flat.items():
+            defaults.setdefault(key, set()).add(json.dumps(declared.default))
+    lines = (REPO / "docs/differences.md").read_text().splitlines()
+    pattern = re.compile(r"^- `([\w.]+)`(?: / `([\w.]+)`)? \(`?([\w.]+)`?")
+    checked = 0
+    for line in lines:
+        match = pattern.match(line)
+        if not match:
+            continue
+        value = match.group(3)
+        for key in filter(None, match.group(1, 2)):
+            assert key in defaults, f"docs/differences.md names unknown key {key}"
+            assert {json.dumps(value), value} & defaults[key], (
+                f"docs/differences.md gives {key} the default {value}; declared: "
+                f"{defaults[key]}")
+            checked += 1
+    assert checked >= 8

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 import yaml
-from e2e import FAST, REPO, STUDENT, TINY, run, synth
+from e2e import FAST, REPO, STUDENT, TINY, attack_file, run, synth
 
 from igam.data import load_dataset, select_classes
 from igam.run.checkpoint import load_checkpoint
@@ -64,13 +64,13 @@ def test_tinyimagenet_first_k_classes_train_and_attack(real_data, tmp_path):
     assert res["dataset"] == "tinyimagenet/val[classes 0-9]" and res["n"] == 50
     _, val = load_dataset("tinyimagenet", root)
     sub = select_classes(val, list(range(10)))
-    adv = np.load(w / "attacks/src_fgsm_attack.npy")
+    adv = np.load(attack_file(w, "models/src", "fgsm"))
     assert adv.shape == (50, 64, 64, 3)
     assert np.abs(adv - sub.images.astype(np.float32)).max() <= 8.0 + 1e-4  # the same images
-    for name in ("pred_fgsm.npy", "pred_clean.npy"):
+    for name in ("pred_fgsm.npy", res["predictions"]["clean"]):
         pred = np.load(w / "models/src" / name)
         assert pred.shape == (50,) and pred.min() >= 0 and pred.max() < 10
-    clean = np.load(w / "models/src/pred_clean.npy")
+    clean = np.load(w / "models/src" / res["predictions"]["clean"])
     assert res["clean_accuracy"] == np.mean(clean == sub.labels)
 
 
@@ -103,7 +103,7 @@ def test_cifar10_source_0_4_teacher_and_student_5_9(real_data, tmp_path):
     _, test = load_dataset("cifar10", real_data)
     sub = select_classes(test, [5, 6, 7, 8, 9])
     assert res["dataset"] == "cifar10/test[classes 5-9]" and res["n"] == len(sub) == 500
-    clean = np.load(w / "models/igam/pred_clean.npy")
+    clean = np.load(w / "models/igam" / res["predictions"]["clean"])
     assert clean.max() < 5 and res["clean_accuracy"] == np.mean(clean == sub.labels)
 
     # the source task's classes: as many as the teacher's, but other classes: refused
@@ -148,7 +148,7 @@ def test_cifar100_subset_resumes_exactly_and_keeps_its_mapping(tmp_path):
     _, test = load_dataset("cifar100", w / "data/c100")
     sub = select_classes(test, [99, 3, 42])
     assert res["dataset"] == "cifar100/test[classes 99,3,42]" and res["n"] == len(sub) == 6
-    assert np.load(w / "attacks/part_fgsm_c100attack.npy").shape == (6, 32, 32, 3)
+    assert np.load(attack_file(w, "models/part", "fgsm", "cifar100")).shape == (6, 32, 32, 3)
 
 
 def test_bad_classes_on_the_command_line(tmp_path):

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
+from igam.eval.advfiles import run_name
 from igam.run.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,8 +55,10 @@ def test_demo_real_script_end_to_end(real_data, tmp_path):
             d = out / pair / row
             entry = results[pair][row]
             assert list(entry) == ["clean", "fgsm", "pgd20", "autoattack", "alignment"]
-            aa = json.loads((out / pair / "attacks" / f"{row}_autoattack_attack.json").read_text())
-            assert aa["n"] == 10 and aa["seed"] == 3
+            name = run_name(d)  # the attack files: <row>-<path hash>_<attack>_attack.*
+            aa = json.loads((out / pair / "attacks" / f"{name}_autoattack_attack.json")
+                            .read_text())
+            assert aa["data"]["n"] == 10 and aa["attack"]["seed"] == 3
             assert aa["autoattack"]["settings"]["reduced"] is True
             robust = list(aa["autoattack"]["robust_accuracy"].values())
             assert robust == sorted(robust, reverse=True)  # clean, then after each sub-attack
@@ -66,14 +69,16 @@ def test_demo_real_script_end_to_end(real_data, tmp_path):
                 assert ev["dataset"] == test_name and ev["n"] == 20 and ev["eps"] == 8.0
                 assert entry[column] == round(100 * ev["adv_accuracy"], 2)
                 assert entry["clean"] == round(100 * ev["clean_accuracy"], 2)
-                adv = np.load(out / pair / "attacks" / f"{row}_{attack}_attack.npy")
+                adv = np.load(out / pair / "attacks" / f"{name}_{attack}_attack.npy")
                 assert adv.shape == (20, 32, 32, 3) and 0 <= adv.min() and adv.max() <= 255
                 pred = np.load(d / f"pred_{attack}.npy")
                 assert pred.shape == (20,) and pred.max() < (5 if tgt_classes else 10)
-                meta = json.loads((out / pair / "attacks" / f"{row}_{attack}_attack.json")
+                meta = json.loads((out / pair / "attacks" / f"{name}_{attack}_attack.json")
                                   .read_text())
-                assert meta["seed"] == 3 and meta["attack"]["steps"] == (1 if
-                                                                        attack == "fgsm" else 20)
+                assert meta["attack"]["seed"] == 3 and meta["attack"]["steps"] == (
+                    1 if attack == "fgsm" else 20)
+                assert ev["model"]["checkpoint_sha256"] == meta["model"]["checkpoint_sha256"]
+                assert ev["attack"] == meta["attack"] and ev["transfer"] is False
             assert all(0.0 <= v <= 100.0 for k, v in entry.items() if k != "alignment")
             cfg = config(d)
             assert cfg["seed"] == 3 and cfg["data"]["classes"] == (tgt_classes or [])

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from e2e import FAST, REPO, STUDENT, TINY, run, synth
+from e2e import FAST, REPO, STUDENT, TINY, attack_file, run, synth
 
 from igam.run import engine
 from igam.run.checkpoint import load_checkpoint
@@ -116,7 +116,7 @@ def test_attack_files_and_evaluation(pipeline):
     w, _ = pipeline
     x_nat = None
     for attack in ("fgsm", "pgds5"):
-        adv = np.load(w / f"attacks/igam_{attack}_attack.npy")
+        adv = np.load(attack_file(w, "models/igam", attack))
         assert adv.shape == (30, 32, 32, 3) and adv.dtype == np.float32
         assert adv.min() >= 0 and adv.max() <= 255
         res = json.loads((w / f"models/igam/eval_{attack}.json").read_text())
@@ -129,11 +129,12 @@ def test_attack_files_and_evaluation(pipeline):
             test = load_cifar10(w / "data/c10")[1]
             x_nat, labels = test.images.astype(np.float32), test.labels
         assert np.abs(adv - x_nat).max() <= 8.0 + 1e-4
-    fgsm = np.load(w / "attacks/igam_fgsm_attack.npy")
+    fgsm = np.load(attack_file(w, "models/igam", "fgsm"))
     moved = np.abs(fgsm - x_nat)
     # early stop (the configs' default) leaves clean-misclassified examples as they are
     attacked = moved.reshape(len(moved), -1).max(1) > 0
-    clean_pred = np.load(w / "models/igam/pred_clean.npy")
+    res = json.loads((w / "models/igam/eval_fgsm.json").read_text())
+    clean_pred = np.load(w / "models/igam" / res["predictions"]["clean"])
     assert attacked.any() and (clean_pred[~attacked] != labels[~attacked]).all()
     m, xa = moved[attacked], x_nat[attacked]
     assert np.isclose(m[(xa > 8) & (xa < 247)], 8.0).mean() > 0.95  # FGSM: +-eps
@@ -221,7 +222,7 @@ def test_bad_input_gives_one_line_error(pipeline, case, tmp_path):
               "negative_eps": "config key 'attack.eps' on the command line: expected a number "
                               "> 0, got -1"}[case]
     if case.startswith("adv_"):
-        adv = np.load(w / "attacks/igam_pgds5_attack.npy")
+        adv = np.load(attack_file(w, "models/igam", "pgds5"))
         if case == "adv_shape":
             adv = adv[:10]
         elif case == "adv_range":
@@ -346,7 +347,8 @@ def test_converted_tf_checkpoints_run_in_the_pipeline(tmp_path):
     for script in ("pgd_attack.py", "run_attack.py"):
         run(script, "--config", str(REPO / "configs/attack_pgds5.yaml"), "--device", "cpu",
             *c100, "--model_dir", "models/madry_teacher", cwd=w)
-    assert np.load(w / "attacks/madry_teacher_pgds5_c100attack.npy").shape == (20, 32, 32, 3)
+    assert np.load(attack_file(w, "models/madry_teacher", "pgds5", "cifar100")).shape == \
+        (20, 32, 32, 3)
     res = json.loads((w / "models/madry_teacher/eval_pgds5.json").read_text())
     assert res["n"] == 20 and res["dataset"] == "cifar100/test"
 
@@ -358,6 +360,6 @@ def test_attack_scripts_need_only_the_model_dir(pipeline):
     cfg = str(REPO / "configs/attack_fgsm.yaml")
     run("pgd_attack.py", "--config", cfg, "--model_dir", "models/src", cwd=w)
     run("run_attack.py", "--config", cfg, "--model_dir", "models/src", cwd=w)
-    assert np.load(w / "attacks/src_fgsm_attack.npy").shape == (16, 64, 64, 3)
+    assert np.load(attack_file(w, "models/src", "fgsm")).shape == (16, 64, 64, 3)
     res = json.loads((w / "models/src/eval_fgsm.json").read_text())
     assert res["dataset"] == "tinyimagenet/val" and res["n"] == 16
