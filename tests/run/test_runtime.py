@@ -167,9 +167,12 @@ def test_prepare_run_dir(tmp_path):
     with pytest.raises(ConfigError) as info:
         prepare_run_dir(run, cfg, resume=False)
     assert f"{run} already holds a run; pass --resume" in str(info.value)
-    resumed = prepare_run_dir(run, {"seed": 2}, resume=True)
+    resumed = prepare_run_dir(run, {"seed": 2, "train": {"widths": [16, 16]}}, resume=True)
     assert resumed.resume_from == run / "checkpoint.pt"
-    assert yaml.safe_load(resumed.config.read_text()) == {"seed": 2}
+    assert yaml.safe_load(resumed.config.read_text()) == cfg  # the config the run started with
+    history = [json.loads(x) for x in (run / "config_history.jsonl").read_text().splitlines()]
+    assert [h["event"] for h in history] == ["start", "start", "resume"]
+    assert history[-1]["changes"] == {"seed": [1, 2]}
     (run / "eval.log").write_text("kept")
     fresh = prepare_run_dir(run, cfg, overwrite=True)
     assert fresh.resume_from is None
