@@ -137,11 +137,15 @@ def assert_same_run(got: Path, want: Path) -> None:
     a.pop("config"), b.pop("config")  # model_dir and resume differ
     equal(a, b)
     assert metrics(got) == metrics(want)
-    files = {p.name for p in want.iterdir()} - {"config.yaml", "checkpoint.pt", "metrics.jsonl"}
-    assert files and files == {p.name for p in got.iterdir()} - {"config.yaml", "checkpoint.pt",
-                                                                 "metrics.jsonl"}
+    # the run's records of itself: compared above, or by design different (times, commands)
+    own = {"config.yaml", "checkpoint.pt", "metrics.jsonl", "config_history.jsonl",
+           "run_info.json"}
+    files = {p.name for p in want.iterdir()} - own
+    assert files and files == {p.name for p in got.iterdir()} - own
     for name in files:
         assert (got / name).read_bytes() == (want / name).read_bytes(), name
+    history = [json.loads(x) for x in (got / "config_history.jsonl").read_text().splitlines()]
+    assert [h["event"] for h in history] == ["start", "resume"]
 
 
 CASES = [
