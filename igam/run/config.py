@@ -76,6 +76,7 @@ __all__ = [
     "load_yaml_file",
     "merge_config",
     "save_config",
+    "split_options",
 ]
 
 
@@ -603,36 +604,54 @@ def _nest(dotted: str, value: Any) -> dict[str, Any]:
     return nested
 
 
+_STANDALONE = ("-h", "--help", "--print-config", "--print_config")  # never take a value
+
+
+def split_options(tokens: Sequence[str]) -> list[tuple[list[str], str | None, str | None]]:
+    """Group command-line tokens as :func:`load_config` reads them: a list of ``(tokens of the
+    item, key, raw value)``. ``--key value`` and ``--key=value`` give the key as written
+    (without ``--``) and its text; ``--key`` followed by another option or by nothing is a
+    bare flag (raw value None). ``-h``, ``--help`` and ``--print-config`` stand alone (key
+    None); so does any other token that is not an option (a stray value, ``--``)."""
+    tokens = list(tokens)
+    out: list[tuple[list[str], str | None, str | None]] = []
+    index = 0
+    while index < len(tokens):
+        token, end = tokens[index], index + 1
+        key = raw = None
+        if token.startswith("--") and token != "--" and token not in _STANDALONE:
+            body = token[2:]
+            if "=" in body:
+                key, raw = body.split("=", 1)
+            elif end < len(tokens) and not tokens[end].startswith("--"):
+                key, raw = body, tokens[end]
+                end += 1
+            else:
+                key = body
+        out.append((tokens[index:end], key, raw))
+        index = end
+    return out
+
+
 def _split_argv(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str | None]], bool, bool]:
     """Split argv into config files, (key, raw value or None for a bare flag), help and
     print-config."""
     files: list[str] = []
     items: list[tuple[str, str | None]] = []
     want_help = want_print = False
-    tokens = list(argv)
-    index = 0
-    while index < len(tokens):
-        token = tokens[index]
-        index += 1
-        if token in ("-h", "--help"):
-            want_help = True
-            continue
-        if token in ("--print-config", "--print_config"):
-            want_print = True
-            continue
-        if not token.startswith("--") or token == "--":
+    for group, key, raw in split_options(argv):
+        if key is None:
+            token = group[0]
+            if token in ("-h", "--help"):
+                want_help = True
+                continue
+            if token in ("--print-config", "--print_config"):
+                want_print = True
+                continue
             raise ConfigError(
                 f"unexpected command-line argument {token!r}; options look like "
                 "--key value or --key=value"
             )
-        body = token[2:]
-        if "=" in body:
-            key, raw = body.split("=", 1)
-        elif index < len(tokens) and not tokens[index].startswith("--"):
-            key, raw = body, tokens[index]
-            index += 1
-        else:
-            key, raw = body, None
         if key == "config":
             if raw is None or raw == "":
                 raise ConfigError("--config on the command line needs a file name")

@@ -453,3 +453,18 @@ def test_widths_count_in_a_file(tmp_path):
 def test_length_declaration_must_fit_its_default():
     with pytest.raises(ValueError, match="not a list of 3 elements"):
         Schema({"w": Key([1, 2], "widths", length=3)})
+
+
+def test_split_options_groups_the_tokens_as_load_config_reads_them():
+    """One tokenizer for load_config and the "continue with" command (igam.run.stopping)."""
+    from igam.run.config import split_options
+
+    argv = ["--seed", "3", "--train.beta=1", "--resume", "--no-overwrite", "--help", "x",
+            "-h", "--", "--print-config", "--model_dir", "--config", "c.yaml"]
+    assert split_options(argv) == [
+        (["--seed", "3"], "seed", "3"), (["--train.beta=1"], "train.beta", "1"),
+        (["--resume"], "resume", None), (["--no-overwrite"], "no-overwrite", None),
+        (["--help"], None, None), (["x"], None, None), (["-h"], None, None),
+        (["--"], None, None), (["--print-config"], None, None),
+        (["--model_dir"], "model_dir", None), (["--config", "c.yaml"], "config", "c.yaml")]
+    assert [t for group, _, _ in split_options(argv) for t in group] == argv
