@@ -689,8 +689,9 @@ def test_adversarial_training_pgd_does_not_early_stop():
 
     # the class default is the original's final-iterate PGD, and training has no such key
     assert PGD(_tiny_net()).early_stop is False and FGSM(_tiny_net()).early_stop is False
-    assert "early_stop" not in schemas.ADVTRAIN["attack"]
-    assert schemas.ATTACK["attack"]["early_stop"] is True  # evaluation: on by default
+    assert "early_stop" not in schemas.ADVTRAIN_SCHEMA.defaults["attack"]
+    # evaluation: on by default
+    assert schemas.ATTACK_SCHEMA.defaults["attack"]["early_stop"] is True
 
 
 def test_model_mode_restores_flags_switches_and_buffers_even_on_error():

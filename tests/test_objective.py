@@ -222,11 +222,10 @@ def test_settings_and_discriminator_defaults_are_the_config_defaults():
     from igam.run import schemas
     from igam.run.config import load_config
 
-    cfg = load_config(schemas.IGAM, [], schemas.IGAM_CHOICES, ranges=schemas.IGAM_RANGES)
+    cfg = load_config(schemas.IGAM_SCHEMA, [])
     assert IGAMSettings.from_config(cfg) == IGAMSettings(lr_schedule=cfg["train"]["lr_schedule"])
     assert IGAMSettings().beta == cfg["igam"]["beta"] == 5.0
-    over = load_config(schemas.IGAM, ["--igam.beta", "2", "--train.momentum", "0.5"],
-                       schemas.IGAM_CHOICES, ranges=schemas.IGAM_RANGES)
+    over = load_config(schemas.IGAM_SCHEMA, ["--igam.beta", "2", "--train.momentum", "0.5"])
     settings = IGAMSettings.from_config(over)
     assert (settings.beta, settings.momentum) == (2.0, 0.5)
     default = InputGradientDiscriminator(32).arch

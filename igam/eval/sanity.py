@@ -58,8 +58,8 @@ SQUARE_INSTALL = "pip install -r requirements-autoattack.txt"
 
 
 def check_settings(s: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``sanity`` section, checked beyond its ranges (``schemas.SANITY_RANGES``, checked
-    by load_config): the step and eps lists must not be empty. Returns a plain dict."""
+    """The ``sanity`` section, checked beyond its ranges (``schemas.SANITY_SCHEMA.ranges``,
+    checked by load_config): the step and eps lists must not be empty. Returns a plain dict."""
     for key in ("steps", "eps_sweep"):
         if not s[key]:
             raise ConfigError(f"config key 'sanity.{key}': expected a non-empty list, got []")
@@ -189,7 +189,8 @@ def zero_gradient_fraction(model: nn.Module, data, batch_size: int, device) -> f
 
 def measure(model: nn.Module, data, s: Mapping[str, Any], device, seed: int = 0,
             name: str = "model") -> dict[str, Any]:
-    """Run every measurement of the checks on ``data`` (settings ``s``, see schemas.SANITY).
+    """Run every measurement of the checks on ``data`` (settings ``s``, see
+    schemas.SANITY_SCHEMA).
 
     Returns {"n", "clean_accuracy", "pgd_steps": [{"steps", "accuracy"}], "eps_sweep":
     [{"eps", "accuracy"}], "square_accuracy" (None if not run), "square_note",

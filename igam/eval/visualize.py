@@ -114,7 +114,8 @@ def gradient_picture(teacher: nn.Module, students: Mapping[str, nn.Module], data
 
 
 def _check(cfg: Mapping[str, Any]) -> None:
-    """What the ranges (``schemas.VISUALIZE_RANGES``, checked by load_config) cannot say."""
+    """What the ranges (``schemas.VISUALIZE_SCHEMA.ranges``, checked by load_config) cannot
+    say."""
     for key, ok, expected in (
             ("student_dir", len(cfg["student_dir"]) > 0, "at least one student folder"),
             ("out", bool(cfg["out"]), "a PNG path")):

@@ -3,9 +3,9 @@
 Each entry script declares a :class:`Schema`: a nested dict whose leaves are :class:`Key`
 declarations (default, one line of help, and optionally choices, range, repeatable) and whose
 inner dicts are sections. The schema is the source of truth for the allowed keys, their types
-(the type of the default), allowed values and help text; the plain views ``load_config``
-works with - the nested dict of defaults, the dotted ``choices``, ``ranges`` and help - are
-derived from it::
+(the type of the default), allowed values and help text; the views ``load_config`` works
+with - the nested dict of defaults, the dotted ``choices``, ``ranges`` and help - are derived
+from it (``SCHEMA.defaults``, ``SCHEMA.choices``, ...)::
 
     SCHEMA = Schema({
         "seed": Key(0, "seeds python, numpy and torch", range=">= 0"),
@@ -14,9 +14,6 @@ derived from it::
                   "teacher_bn": Key("batch", "teacher BatchNorm", choices=("batch", "running"))},
     })
     cfg = load_config(SCHEMA, sys.argv[1:])
-
-``load_config`` also takes the plain views directly: ``load_config(defaults, argv, choices,
-ranges=..., key_help=..., repeatable=...)`` with ``defaults`` a nested dict of defaults.
 
 Command line: ``--config FILE`` (repeatable; later files win) and overrides ``--key value`` or
 ``--key=value`` with dotted keys for nested entries (``--train.batch_size 32``). Values are
@@ -76,6 +73,7 @@ __all__ = [
     "load_yaml_file",
     "merge_config",
     "save_config",
+    "split_options",
 ]
 
 
@@ -293,18 +291,6 @@ class Schema:
 
     def __repr__(self) -> str:
         return f"Schema({self.name or '?'}: {len(self.flat)} keys)"
-
-
-def _views(schema: Mapping[str, Any] | Schema, choices, ranges, key_help, repeatable):
-    """(defaults, choices, ranges, help, repeatable) of a Schema or of the plain views."""
-    if isinstance(schema, Schema):
-        if choices or ranges or key_help or repeatable:
-            raise TypeError("a Schema carries its own choices, ranges, help and repeatable keys; "
-                            "pass them only with a plain dict of defaults")
-        return (schema.defaults, schema.choices, schema.ranges, schema.help,
-                schema.repeatable)
-    return (schema, dict(choices or {}), dict(ranges or {}), dict(key_help or {}),
-            tuple(repeatable))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -603,36 +589,54 @@ def _nest(dotted: str, value: Any) -> dict[str, Any]:
     return nested
 
 
+_STANDALONE = ("-h", "--help", "--print-config", "--print_config")  # never take a value
+
+
+def split_options(tokens: Sequence[str]) -> list[tuple[list[str], str | None, str | None]]:
+    """Group command-line tokens as :func:`load_config` reads them: a list of ``(tokens of the
+    item, key, raw value)``. ``--key value`` and ``--key=value`` give the key as written
+    (without ``--``) and its text; ``--key`` followed by another option or by nothing is a
+    bare flag (raw value None). ``-h``, ``--help`` and ``--print-config`` stand alone (key
+    None); so does any other token that is not an option (a stray value, ``--``)."""
+    tokens = list(tokens)
+    out: list[tuple[list[str], str | None, str | None]] = []
+    index = 0
+    while index < len(tokens):
+        token, end = tokens[index], index + 1
+        key = raw = None
+        if token.startswith("--") and token != "--" and token not in _STANDALONE:
+            body = token[2:]
+            if "=" in body:
+                key, raw = body.split("=", 1)
+            elif end < len(tokens) and not tokens[end].startswith("--"):
+                key, raw = body, tokens[end]
+                end += 1
+            else:
+                key = body
+        out.append((tokens[index:end], key, raw))
+        index = end
+    return out
+
+
 def _split_argv(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str | None]], bool, bool]:
     """Split argv into config files, (key, raw value or None for a bare flag), help and
     print-config."""
     files: list[str] = []
     items: list[tuple[str, str | None]] = []
     want_help = want_print = False
-    tokens = list(argv)
-    index = 0
-    while index < len(tokens):
-        token = tokens[index]
-        index += 1
-        if token in ("-h", "--help"):
-            want_help = True
-            continue
-        if token in ("--print-config", "--print_config"):
-            want_print = True
-            continue
-        if not token.startswith("--") or token == "--":
+    for group, key, raw in split_options(argv):
+        if key is None:
+            token = group[0]
+            if token in ("-h", "--help"):
+                want_help = True
+                continue
+            if token in ("--print-config", "--print_config"):
+                want_print = True
+                continue
             raise ConfigError(
                 f"unexpected command-line argument {token!r}; options look like "
                 "--key value or --key=value"
             )
-        body = token[2:]
-        if "=" in body:
-            key, raw = body.split("=", 1)
-        elif index < len(tokens) and not tokens[index].startswith("--"):
-            key, raw = body, tokens[index]
-            index += 1
-        else:
-            key, raw = body, None
         if key == "config":
             if raw is None or raw == "":
                 raise ConfigError("--config on the command line needs a file name")
@@ -682,16 +686,12 @@ def _validate_schema(schema: Mapping[str, Any], choices: Mapping[str, Sequence[A
         if reserved in schema:
             raise ValueError(f"config schema may not define the key '{reserved}'")
     for key, allowed in choices.items():
-        found, default = _schema_default(schema, key)
-        if not found:
-            raise ValueError(f"CHOICES names '{key}', which is not in the config schema")
+        _, default = _schema_default(schema, key)
         for item in default if isinstance(default, (list, tuple)) else [default]:
             if item is not None and item not in list(allowed):
                 raise ValueError(f"default {item!r} of '{key}' is not among its CHOICES")
     for key, spec in ranges.items():
-        found, default = _schema_default(schema, key)
-        if not found:
-            raise ValueError(f"RANGES names '{key}', which is not in the config schema")
+        _, default = _schema_default(schema, key)
         try:
             _check_range(key, _plain(default), _Context(schema, "the schema", {}, ranges))
         except ConfigError:
@@ -717,23 +717,17 @@ def _allowed(key: str, default: Any, choices: Mapping[str, Sequence[Any]],
 
 
 def format_help(
-    defaults: Mapping[str, Any] | Schema,
-    choices: Mapping[str, Sequence[Any]] | None = None,
-    key_help: Mapping[str, str] | None = None,
+    schema: Schema,
+    *,
     prog: str | None = None,
     description: str | None = None,
-    ranges: Mapping[str, str] | None = None,
-    repeatable: Sequence[str] = (),
     values: Mapping[str, Any] | None = None,
     sources: Sequence[str] = (),
 ) -> str:
-    """The ``--help`` text: usage, then every config key with its default (as YAML/JSON), its
-    allowed values (choices, range, repeatable) and its help line. ``values``: the config
-    after the ``sources`` (the ``--config`` files and overrides given with ``--help``), shown
-    in place of the schema defaults."""
-    lengths = defaults.lengths if isinstance(defaults, Schema) else {}
-    defaults, choices, ranges, key_help, repeatable = _views(
-        defaults, choices, ranges, key_help, repeatable)
+    """The ``--help`` text of ``schema``: usage, then every config key with its default (as
+    YAML/JSON), its allowed values (choices, range, repeatable, length) and its help line.
+    ``values``: the config after the ``sources`` (the ``--config`` files and overrides given
+    with ``--help``), shown in place of the schema defaults."""
     prog = prog or Path(sys.argv[0]).name or "script"
     lines = [f"usage: {prog} [-h] [--config FILE] [--KEY VALUE | --KEY=VALUE ...]", ""]
     if description:
@@ -756,43 +750,38 @@ def format_help(
         "",
     ]
     shown = config_to_flat(values) if values is not None else {}
-    for key, value in config_to_flat(defaults).items():
+    for key, value in config_to_flat(schema.defaults).items():
         value = shown.get(key, value)
         text = json.dumps(_plain(value)) if _jsonable(value) else repr(value)
         line = f"  --{key} {text}"
-        allowed = _allowed(key, value, choices, ranges, repeatable)
-        if key in lengths:
-            allowed.append(f"{lengths[key]} values")
+        allowed = _allowed(key, value, schema.choices, schema.ranges, schema.repeatable)
+        if key in schema.lengths:
+            allowed.append(f"{schema.lengths[key]} values")
         if allowed:
             line += "  (" + "; ".join(allowed) + ")"
         lines.append(line)
-        if key_help.get(key):
-            lines += textwrap.wrap(key_help[key], width=96, initial_indent=" " * 6,
+        if schema.help.get(key):
+            lines += textwrap.wrap(schema.help[key], width=96, initial_indent=" " * 6,
                                    subsequent_indent=" " * 6, break_on_hyphens=False)
     return "\n".join(lines) + "\n"
 
 
 def load_config(
-    defaults: Mapping[str, Any] | Schema,
+    schema: Schema,
     argv: Sequence[str] | None = None,
-    choices: Mapping[str, Sequence[Any]] | None = None,
     *,
-    ranges: Mapping[str, str] | None = None,
-    key_help: Mapping[str, str] | None = None,
     prog: str | None = None,
     description: str | None = None,
-    repeatable: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Resolve a config: ``defaults`` < each ``--config`` file in order < command-line overrides.
+    """Resolve a config: the ``schema``'s defaults < each ``--config`` file in order <
+    command-line overrides.
 
-    ``defaults`` is a :class:`Schema` (which carries its choices, ranges, help and repeatable
-    keys), or a plain nested dict of defaults with the dotted views beside it: ``choices``
-    maps dotted keys to allowed values, ``ranges`` to allowed ranges (see the module
-    docstring), ``key_help`` to one-line help, and ``repeatable`` names list keys whose
-    command-line occurrences accumulate (``--model_dir a --model_dir b`` gives ``[a, b]``,
-    replacing the files' value) instead of the last one winning. ``argv`` defaults to
-    ``sys.argv[1:]``; ``--help`` prints :func:`format_help` (with the values after the
-    ``--config`` files and overrides given beside it) and raises ``SystemExit(0)``;
+    The :class:`Schema` carries the keys' defaults, choices, ranges, lengths, help and
+    repeatable keys (whose command-line occurrences accumulate: ``--model_dir a --model_dir
+    b`` gives ``[a, b]``, replacing the files' value, instead of the last one winning).
+    ``argv`` defaults to ``sys.argv[1:]``; ``--help`` prints :func:`format_help` (with the
+    values after the ``--config`` files and overrides given beside it) and raises
+    ``SystemExit(0)``;
     ``--print-config`` prints the resolved config as YAML (:func:`dump_config`) and raises
     ``SystemExit(0)``.
     Returns a fresh nested dict (tuples in the defaults become lists). Invalid input raises
@@ -804,11 +793,8 @@ def load_config(
     checkpoint in the folder any change of a key not declared ``resumable`` is refused
     (:func:`check_resume`) before anything is written.
     """
-    schema = defaults
-    lengths = schema.lengths if isinstance(schema, Schema) else {}
-    defaults, choices, ranges, key_help, repeatable = _views(
-        defaults, choices, ranges, key_help, repeatable)
-    _validate_schema(defaults, choices, ranges)
+    defaults, choices, ranges = schema.defaults, schema.choices, schema.ranges
+    lengths, repeatable = schema.lengths, schema.repeatable
     files, items, want_help, want_print = _split_argv(sys.argv[1:] if argv is None else argv)
 
     def resolve(base: dict[str, Any]) -> dict[str, Any]:
@@ -833,21 +819,15 @@ def load_config(
     cfg = resolve(_plain(copy.deepcopy(dict(defaults))))
     if want_help:
         sources = [f"--config {f}" for f in files] + (["the command line"] if items else [])
-        sys.stdout.write(format_help(schema if isinstance(schema, Schema) else defaults,
-                                     None if isinstance(schema, Schema) else choices,
-                                     None if isinstance(schema, Schema) else key_help,
-                                     prog, description,
-                                     None if isinstance(schema, Schema) else ranges,
-                                     () if isinstance(schema, Schema) else repeatable,
-                                     values=cfg, sources=sources))
+        sys.stdout.write(format_help(schema, prog=prog, description=description, values=cfg,
+                                     sources=sources))
         sys.stdout.flush()
         raise SystemExit(0)
     saved = _resumed_run_config(cfg, defaults, choices, ranges, lengths)
     if saved is not None:  # the run's own config is the base; files and command line on top
         cfg = resolve(saved)
-        if isinstance(schema, Schema):
-            saved, cfg = schema.canonical(saved), schema.canonical(cfg)
-            check_resume(saved, cfg, schema.resumable, cfg["model_dir"])
+        saved, cfg = schema.canonical(saved), schema.canonical(cfg)
+        check_resume(saved, cfg, schema.resumable, cfg["model_dir"])
     if want_print:
         sys.stdout.write(dump_config(cfg))
         sys.stdout.flush()

@@ -405,20 +405,6 @@ VISUALIZE_SCHEMA = Schema({
 SCHEMAS = (ADVTRAIN_SCHEMA, FINETUNE_SCHEMA, IGAM_SCHEMA, ATTACK_SCHEMA, SANITY_SCHEMA,
            VISUALIZE_SCHEMA)
 
-# The plain views (nested defaults, dotted choices and ranges) of each schema
-ADVTRAIN, ADVTRAIN_CHOICES, ADVTRAIN_RANGES = (ADVTRAIN_SCHEMA.defaults, ADVTRAIN_SCHEMA.choices,
-                                               ADVTRAIN_SCHEMA.ranges)
-FINETUNE, FINETUNE_CHOICES, FINETUNE_RANGES = (FINETUNE_SCHEMA.defaults, FINETUNE_SCHEMA.choices,
-                                               FINETUNE_SCHEMA.ranges)
-IGAM, IGAM_CHOICES, IGAM_RANGES = IGAM_SCHEMA.defaults, IGAM_SCHEMA.choices, IGAM_SCHEMA.ranges
-ATTACK, ATTACK_CHOICES, ATTACK_RANGES = (ATTACK_SCHEMA.defaults, ATTACK_SCHEMA.choices,
-                                         ATTACK_SCHEMA.ranges)
-SANITY, SANITY_CHOICES, SANITY_RANGES = (SANITY_SCHEMA.defaults, SANITY_SCHEMA.choices,
-                                         SANITY_SCHEMA.ranges)
-VISUALIZE, VISUALIZE_CHOICES, VISUALIZE_RANGES = (VISUALIZE_SCHEMA.defaults,
-                                                  VISUALIZE_SCHEMA.choices,
-                                                  VISUALIZE_SCHEMA.ranges)
-
 # ----------------------------------------------------------------------------------------------
 # docs/config_keys.md
 

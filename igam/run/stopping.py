@@ -41,6 +41,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from igam.run.config import split_options
+
 __all__ = ["SIGNALS", "Stopped", "StopRequest", "abort_on_signal", "announce",
            "command_line", "continue_args", "signal_name"]
 
@@ -171,25 +173,10 @@ def abort_on_signal(describe: Callable[[], str]) -> Iterator[None]:
 
 
 def _items(args: Sequence[str]) -> list[tuple[list[str], str | None, str | None]]:
-    """The command-line arguments grouped as ``igam.run.config`` reads them: (tokens, key with
-    '-' as '_' or None, raw value or None for a bare flag)."""
-    out, i = [], 0
-    while i < len(args):
-        token, j = args[i], i + 1
-        key = raw = None
-        if token.startswith("--") and token != "--":
-            body = token[2:]
-            if "=" in body:
-                key, raw = body.split("=", 1)
-            elif j < len(args) and not args[j].startswith("--"):
-                key, raw = body, args[j]
-                j += 1
-            else:
-                key = body
-            key = key.replace("-", "_")
-        out.append((list(args[i:j]), key, raw))
-        i = j
-    return out
+    """The command-line arguments grouped as ``igam.run.config`` reads them
+    (:func:`igam.run.config.split_options`), with '-' in keys as '_'."""
+    return [(tokens, None if key is None else key.replace("-", "_"), raw)
+            for tokens, key, raw in split_options(args)]
 
 
 def _truth(raw: str) -> bool | None:

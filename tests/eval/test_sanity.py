@@ -104,11 +104,11 @@ def test_square_without_pyautoattack_fails_at_start(tmp_path, monkeypatch):
 def test_square_not_run_without_pyautoattack(plain, tmp_path, monkeypatch):
     """Used as a library, measure() records the Square check as not run (never passed)."""
     monkeypatch.setattr(sanity, "square_attack_class", lambda: None)
-    s = dict(sanity.schemas.SANITY["sanity"], steps=[2], eps_sweep=[64.0], sweep_steps=2,
-             num_examples=20, noise_draws=1)
+    s = dict(sanity.schemas.SANITY_SCHEMA.defaults["sanity"], steps=[2], eps_sweep=[64.0],
+             sweep_steps=2, num_examples=20, noise_draws=1)
     model, ckpt = sanity.engine.load_classifier(plain)
     test = sanity.engine.eval_subset(sanity.engine.eval_test_set(
-        sanity.engine.eval_data(sanity.schemas.SANITY["data"], ckpt, plain)), 20)
+        sanity.engine.eval_data(sanity.schemas.SANITY_SCHEMA.defaults["data"], ckpt, plain)), 20)
     res = sanity.measure(model, test, s, "cpu", 0, "plain")
     assert res["square_accuracy"] is None
     assert "pip install -r requirements-autoattack.txt" in res["square_note"]

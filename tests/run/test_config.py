@@ -40,22 +40,47 @@ DEFAULTS = {
 CHOICES = {"train.teacher_bn": ["batch", "running"], "eval.attacks": ["pgd", "fgsm", "cw"]}
 
 
+def schema_of(defaults, choices=None, ranges=None, key_help=None, repeatable=()):
+    """A Schema of Keys built from a nested dict of defaults (a non-empty dict is a section,
+    an empty one a free-form key) and the dotted choices, ranges, help and repeatable keys."""
+    choices, ranges, key_help = choices or {}, ranges or {}, key_help or {}
+
+    def keys(node, prefix=""):
+        out = {}
+        for name, default in node.items():
+            dotted = prefix + name
+            if isinstance(default, dict) and default:
+                out[name] = keys(default, dotted + ".")
+            else:
+                out[name] = Key(default, key_help.get(dotted, f"the {dotted}"),
+                                choices=choices.get(dotted), range=ranges.get(dotted),
+                                repeatable=dotted in repeatable)
+        return out
+
+    return Schema(keys(defaults))
+
+
+PLAIN = schema_of(DEFAULTS)  # the defaults without choices
+TOY = schema_of(DEFAULTS, CHOICES)
+
+
 def write(path, text):
     path.write_text(text)
     return str(path)
 
 
 def test_defaults_only_returns_fresh_copy_with_lists():
-    cfg = load_config(DEFAULTS, [], CHOICES)
+    cfg = load_config(TOY, [])
     assert cfg["train"]["batch_size"] == 32
     assert cfg["model"]["widths"] == [16, 160, 320, 640]  # tuple default becomes a list
     cfg["train"]["batch_size"] = 1
     assert DEFAULTS["train"]["batch_size"] == 32  # defaults untouched
+    assert TOY.defaults["train"]["batch_size"] == 32
 
 
 def test_dotted_and_list_overrides_and_yaml_values():
     cfg = load_config(
-        DEFAULTS,
+        TOY,
         [
             "--train.batch_size", "64",
             "--model.widths", "16,16,32,64",
@@ -68,7 +93,6 @@ def test_dotted_and_list_overrides_and_yaml_values():
             "--extra.depth", "3",
             "--extra.name=x",
         ],
-        CHOICES,
     )  # fmt: skip
     assert cfg["train"]["batch_size"] == 64
     assert cfg["model"]["widths"] == [16, 16, 32, 64]
@@ -83,27 +107,27 @@ def test_dotted_and_list_overrides_and_yaml_values():
 
 
 def test_bool_flags():
-    assert load_config(DEFAULTS, ["--resume"])["resume"] is True
-    assert load_config(DEFAULTS, ["--resume", "--seed", "1"])["resume"] is True
-    assert load_config(DEFAULTS, ["--resume", "false"])["resume"] is False
-    assert load_config(DEFAULTS, ["--train.img_random_pert"])["train"]["img_random_pert"] is True
-    cfg = load_config(DEFAULTS, ["--resume", "--no-resume"])
+    assert load_config(PLAIN, ["--resume"])["resume"] is True
+    assert load_config(PLAIN, ["--resume", "--seed", "1"])["resume"] is True
+    assert load_config(PLAIN, ["--resume", "false"])["resume"] is False
+    assert load_config(PLAIN, ["--train.img_random_pert"])["train"]["img_random_pert"] is True
+    cfg = load_config(PLAIN, ["--resume", "--no-resume"])
     assert cfg["resume"] is False
     with pytest.raises(ConfigError, match="needs a value"):
-        load_config(DEFAULTS, ["--seed"])
+        load_config(PLAIN, ["--seed"])
     with pytest.raises(ConfigError, match="only for true/false"):
-        load_config(DEFAULTS, ["--no-seed"])
+        load_config(PLAIN, ["--no-seed"])
 
 
 def test_merge_order_defaults_file_cli(tmp_path):
     base = write(tmp_path / "base.yaml", "seed: 1\ntrain:\n  batch_size: 16\n  beta: 5\n")
     second = write(tmp_path / "second.yaml", "train:\n  beta: 7.5\n")
-    cfg = load_config(DEFAULTS, ["--train.batch_size", "8", "--config", base], CHOICES)
+    cfg = load_config(TOY, ["--train.batch_size", "8", "--config", base])
     assert cfg["seed"] == 1  # file beats default
     assert cfg["train"]["batch_size"] == 8  # CLI beats file, whatever the argv order
     assert cfg["train"]["beta"] == 5.0 and isinstance(cfg["train"]["beta"], float)
     assert cfg["train"]["lr_values"] == [0.1, 0.01, 0.001]  # untouched keys keep defaults
-    cfg = load_config(DEFAULTS, ["--config", base, "--config=" + second])
+    cfg = load_config(PLAIN, ["--config", base, "--config=" + second])
     assert cfg["train"]["beta"] == 7.5  # later file wins
     assert cfg["train"]["batch_size"] == 16
 
@@ -111,7 +135,7 @@ def test_merge_order_defaults_file_cli(tmp_path):
 def test_unknown_key_in_yaml_names_file_and_close_match(tmp_path):
     path = write(tmp_path / "igam.yaml", "train:\n  batchsize: 32\n")
     with pytest.raises(ConfigError) as info:
-        load_config(DEFAULTS, ["--config", path])
+        load_config(PLAIN, ["--config", path])
     message = str(info.value)
     assert "'train.batchsize'" in message
     assert path in message
@@ -121,14 +145,14 @@ def test_unknown_key_in_yaml_names_file_and_close_match(tmp_path):
 
 def test_unknown_key_on_cli_with_close_match():
     with pytest.raises(ConfigError) as info:
-        load_config(DEFAULTS, ["--train.batchsize", "3"])
+        load_config(PLAIN, ["--train.batchsize", "3"])
     message = str(info.value)
     assert "unknown config key 'train.batchsize'" in message
     assert "command line" in message and "did you mean 'train.batch_size'" in message
     with pytest.raises(ConfigError, match="did you mean 'train.batch_size'"):
-        load_config(DEFAULTS, ["--batch_size", "3"])
+        load_config(PLAIN, ["--batch_size", "3"])
     with pytest.raises(ConfigError, match="unknown config key 'nothing_like_it'"):
-        load_config(DEFAULTS, ["--nothing_like_it", "3"])
+        load_config(PLAIN, ["--nothing_like_it", "3"])
 
 
 @pytest.mark.parametrize(
@@ -146,7 +170,7 @@ def test_unknown_key_on_cli_with_close_match():
 )
 def test_wrong_type_on_cli(argv, key, expected):
     with pytest.raises(ConfigError) as info:
-        load_config(DEFAULTS, argv, CHOICES)
+        load_config(TOY, argv)
     message = str(info.value)
     assert f"'{key}'" in message and expected in message and "command line" in message
 
@@ -154,24 +178,24 @@ def test_wrong_type_on_cli(argv, key, expected):
 def test_wrong_type_in_yaml(tmp_path):
     path = write(tmp_path / "c.yaml", "data:\n  dataset: 10\n")
     with pytest.raises(ConfigError) as info:
-        load_config(DEFAULTS, ["--config", path])
+        load_config(PLAIN, ["--config", path])
     assert "'data.dataset'" in str(info.value) and "a string" in str(info.value)
     assert path in str(info.value)
     path = write(tmp_path / "d.yaml", "train:\n  teacher_bn: runnin\n")
     with pytest.raises(ConfigError, match="did you mean 'running'"):
-        load_config(DEFAULTS, ["--config", path], CHOICES)
+        load_config(TOY, ["--config", path])
     path = write(tmp_path / "e.yaml", "train: [1, 2]\n")
     with pytest.raises(ConfigError, match="'train'.*a mapping"):
-        load_config(DEFAULTS, ["--config", path])
+        load_config(PLAIN, ["--config", path])
 
 
 def test_file_errors(tmp_path):
     missing = str(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="nope.yaml does not exist"):
-        load_config(DEFAULTS, ["--config", missing])
+        load_config(PLAIN, ["--config", missing])
     bad = write(tmp_path / "bad.yaml", "seed: 1\ntrain: [1, 2\ndevice: cpu\n")
     with pytest.raises(ConfigError) as info:
-        load_config(DEFAULTS, ["--config", bad])
+        load_config(PLAIN, ["--config", bad])
     message = str(info.value)
     assert bad in message and "not valid YAML" in message and "line 3" in message
     assert "\n" not in message
@@ -183,27 +207,27 @@ def test_file_errors(tmp_path):
         load_yaml_file(top)
     assert load_yaml_file(write(tmp_path / "empty.yaml", "# nothing\n")) == {}
     with pytest.raises(ConfigError, match="needs a file name"):
-        load_config(DEFAULTS, ["--config"])
+        load_config(PLAIN, ["--config"])
     with pytest.raises(ConfigError, match="unexpected command-line argument 'stray'"):
-        load_config(DEFAULTS, ["stray"])
+        load_config(PLAIN, ["stray"])
 
 
 def test_save_load_round_trip(tmp_path):
     cfg = load_config(
-        DEFAULTS,
+        PLAIN,
         ["--model.widths", "16,16,32,64", "--train.beta", "1e-3", "--resume",
          "--data.root", "123", "--extra.k", "[1, 2]"],
     )  # fmt: skip
     path = save_config(cfg, tmp_path / "run" / "config.yaml")
     assert path.exists() and not list(path.parent.glob(".*tmp"))
     assert yaml.safe_load(path.read_text()) == cfg
-    again = load_config(DEFAULTS, ["--config", str(path)])
+    again = load_config(PLAIN, ["--config", str(path)])
     assert again == cfg
     assert isinstance(again["data"]["root"], str)
 
 
 def test_flat_view():
-    cfg = load_config(DEFAULTS, [])
+    cfg = load_config(PLAIN, [])
     flat = config_to_flat(cfg)
     assert flat["train.batch_size"] == 32 and flat["data.dataset"] == "cifar10"
     assert flat["extra"] == {}
@@ -211,7 +235,8 @@ def test_flat_view():
 
 def test_help_lists_keys_and_exits_zero(capsys):
     with pytest.raises(SystemExit) as info:
-        load_config(DEFAULTS, ["--seed", "1", "--help"], CHOICES, key_help={"seed": "RNG seed"})
+        load_config(schema_of(DEFAULTS, CHOICES, key_help={"seed": "RNG seed"}),
+                    ["--seed", "1", "--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "--train.batch_size" in out and "32" in out
@@ -219,22 +244,18 @@ def test_help_lists_keys_and_exits_zero(capsys):
 
 
 def test_bad_schema_is_a_programming_error():
-    with pytest.raises(ValueError, match="not in the config schema"):
-        load_config(DEFAULTS, [], {"train.nope": ["a"]})
     with pytest.raises(ValueError, match="not among its CHOICES"):
-        load_config(DEFAULTS, [], {"train.teacher_bn": ["running"]})
+        schema_of(DEFAULTS, {"train.teacher_bn": ["running"]})
     with pytest.raises(ValueError, match="outside its range"):
-        load_config(DEFAULTS, [], ranges={"train.batch_size": "> 32"})
+        schema_of(DEFAULTS, ranges={"train.batch_size": "> 32"})
     with pytest.raises(ValueError, match="RANGES entry"):
-        load_config(DEFAULTS, [], ranges={"train.batch_size": "positive"})
+        schema_of(DEFAULTS, ranges={"train.batch_size": "positive"})
 
 
 # ----------------------------------------------------------------------------------------------
-# Ranges of the entry scripts' numeric keys (igam.run.schemas *_RANGES)
+# Ranges of the entry scripts' numeric keys (igam.run.schemas, each schema's .ranges)
 
-SCRIPT_SCHEMAS = {name: (getattr(schemas, name), getattr(schemas, f"{name}_CHOICES"),
-                         getattr(schemas, f"{name}_RANGES"))
-                  for name in ("ADVTRAIN", "FINETUNE", "IGAM", "ATTACK", "SANITY", "VISUALIZE")}
+SCRIPT_SCHEMAS = {s.name: s for s in schemas.SCHEMAS}
 
 
 def _is_numeric(value) -> bool:
@@ -256,27 +277,29 @@ def _outside(spec: str, default):
     return (bound - step, bound) if text.startswith(">=") else (bound, bound + step)
 
 
-RANGE_CASES = [(name, key, spec) for name, (schema, _, ranges) in SCRIPT_SCHEMAS.items()
-               for key, spec in ranges.items()]
+RANGE_CASES = [(name, key, spec) for name, schema in SCRIPT_SCHEMAS.items()
+               for key, spec in schema.ranges.items()]
 
 
 def test_every_numeric_key_of_every_script_has_a_range():
-    for name, (schema, _, ranges) in SCRIPT_SCHEMAS.items():
-        numeric = [k for k, v in config_to_flat(schema).items() if _is_numeric(v)]
-        assert sorted(numeric) == sorted(ranges), name
+    assert sorted(SCRIPT_SCHEMAS) == ["ADVTRAIN", "ATTACK", "FINETUNE", "IGAM", "SANITY",
+                                      "VISUALIZE"]
+    for name, schema in SCRIPT_SCHEMAS.items():
+        numeric = [k for k, v in config_to_flat(schema.defaults).items() if _is_numeric(v)]
+        assert sorted(numeric) == sorted(schema.ranges), name
 
 
 @pytest.mark.parametrize("name,key,spec", RANGE_CASES, ids=[f"{n}:{k}" for n, k, _ in RANGE_CASES])
 def test_out_of_range_value_is_a_one_line_error_naming_the_key(name, key, spec):
-    schema, choices, ranges = SCRIPT_SCHEMAS[name]
-    default = config_to_flat(schema)[key]
+    schema = SCRIPT_SCHEMAS[name]
+    default = config_to_flat(schema.defaults)[key]
     element = default[0] if isinstance(default, list) and spec != "schedule" else default
     bad, edge = _outside(spec, element)
     as_text = (lambda v: json.dumps([v] * len(default))) if element is not default else json.dumps
-    cfg = load_config(schema, [f"--{key}", as_text(edge)], choices, ranges=ranges)
+    cfg = load_config(schema, [f"--{key}", as_text(edge)])
     assert config_to_flat(cfg)[key] is not None  # the bound itself is accepted
     with pytest.raises(ConfigError) as info:
-        load_config(schema, [f"--{key}", as_text(bad)], choices, ranges=ranges)
+        load_config(schema, [f"--{key}", as_text(bad)])
     message = str(info.value)
     assert "\n" not in message and f"'{key}" in message and "expected" in message
 
@@ -291,30 +314,28 @@ def test_out_of_range_value_is_a_one_line_error_naming_the_key(name, key, spec):
 ])
 def test_igam_script_range_errors(argv, key):
     with pytest.raises(ConfigError, match=re.escape(f"config key '{key}' on the command line")):
-        load_config(schemas.IGAM, argv, schemas.IGAM_CHOICES, ranges=schemas.IGAM_RANGES)
+        load_config(schemas.IGAM_SCHEMA, argv)
 
 
 def test_range_error_in_a_file_names_the_file(tmp_path):
     bad = write(tmp_path / "bad.yaml", "train:\n  steps: 0\n")
     with pytest.raises(ConfigError, match=re.escape(f"config key 'train.steps' in {bad}: "
                                                     "expected an integer >= 1, got 0")):
-        load_config(schemas.IGAM, ["--config", bad], schemas.IGAM_CHOICES,
-                    ranges=schemas.IGAM_RANGES)
+        load_config(schemas.IGAM_SCHEMA, ["--config", bad])
 
 
 def test_repeatable_list_key_accumulates_on_the_command_line(tmp_path):
-    schema = {"model_dir": ["a"], "widths": [1, 2]}
+    schema = schema_of({"model_dir": ["a"], "widths": [1, 2]}, repeatable=("model_dir",))
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("model_dir: [from_file]\n")
     argv = ["--config", str(cfg_file), "--model_dir", "x", "--model_dir", "y,z",
             "--widths", "3", "--widths", "4"]
-    cfg = load_config(schema, argv, repeatable=("model_dir",))
+    cfg = load_config(schema, argv)
     assert cfg["model_dir"] == ["x", "y", "z"]      # replaces the file's list, in order
     assert cfg["widths"] == [4]                      # not repeatable: the last one wins
-    assert load_config(schema, ["--config", str(cfg_file)],
-                       repeatable=("model_dir",))["model_dir"] == ["from_file"]
+    assert load_config(schema, ["--config", str(cfg_file)])["model_dir"] == ["from_file"]
     with pytest.raises(ConfigError, match="needs a value"):
-        load_config(schema, ["--model_dir", "x", "--model_dir"], repeatable=("model_dir",))
+        load_config(schema, ["--model_dir", "x", "--model_dir"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -353,8 +374,6 @@ def test_load_config_takes_a_schema():
         load_config(SCHEMA, ["--train.batch_size", "0"])
     with pytest.raises(ConfigError, match="one of pgd, fgsm"):
         load_config(SCHEMA, ["--train.attacks", "pgd,cw"])
-    with pytest.raises(TypeError, match="carries its own"):
-        load_config(SCHEMA, [], {"train.teacher_bn": ["batch"]})
 
 
 def test_help_of_a_schema_shows_default_allowed_values_and_help(capsys):
@@ -414,7 +433,7 @@ def test_help_of_an_entry_script_after_its_config(capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     saved = load_yaml_file(file)
-    assert saved["model_dir"] != schemas.IGAM["model_dir"]
+    assert saved["model_dir"] != schemas.IGAM_SCHEMA.defaults["model_dir"]
     assert f'  --model_dir "{saved["model_dir"]}"' in out
 
 
@@ -453,3 +472,18 @@ def test_widths_count_in_a_file(tmp_path):
 def test_length_declaration_must_fit_its_default():
     with pytest.raises(ValueError, match="not a list of 3 elements"):
         Schema({"w": Key([1, 2], "widths", length=3)})
+
+
+def test_split_options_groups_the_tokens_as_load_config_reads_them():
+    """One tokenizer for load_config and the "continue with" command (igam.run.stopping)."""
+    from igam.run.config import split_options
+
+    argv = ["--seed", "3", "--train.beta=1", "--resume", "--no-overwrite", "--help", "x",
+            "-h", "--", "--print-config", "--model_dir", "--config", "c.yaml"]
+    assert split_options(argv) == [
+        (["--seed", "3"], "seed", "3"), (["--train.beta=1"], "train.beta", "1"),
+        (["--resume"], "resume", None), (["--no-overwrite"], "no-overwrite", None),
+        (["--help"], None, None), (["x"], None, None), (["-h"], None, None),
+        (["--"], None, None), (["--print-config"], None, None),
+        (["--model_dir"], "model_dir", None), (["--config", "c.yaml"], "config", "c.yaml")]
+    assert [t for group, _, _ in split_options(argv) for t in group] == argv

@@ -117,12 +117,13 @@ def test_bf16_channels_last_adversarial_training_step():
 
 def test_defaults_change_nothing_and_bad_values_are_refused(monkeypatch):
     model = WideResNet(10, (4, 4, 8, 16), 1)
-    prec = precision.from_config(schemas.ADVTRAIN["precision"])
+    prec = precision.from_config(schemas.ADVTRAIN_SCHEMA.defaults["precision"])
     assert prec.is_default and prec.autocast_dtype is None
     assert precision.compiled(precision.wrap(model, prec), prec) is model
     with pytest.raises(ConfigError, match="precision.autocast"):
-        load_config(schemas.ATTACK, ["--precision.autocast", "fp16"], schemas.ATTACK_CHOICES)
-    assert "precision" not in schemas.IGAM  # double backward: no bf16 / compile for IGAM
+        load_config(schemas.ATTACK_SCHEMA, ["--precision.autocast", "fp16"])
+    # double backward: no bf16 / compile for IGAM
+    assert "precision" not in schemas.IGAM_SCHEMA.defaults
 
     def broken(module):
         def fail(x):
