@@ -12,9 +12,9 @@ from the method itself - the ``igam`` section and the IGAM optimiser from
 :data:`igam.optim.PAPER_LR_SCHEDULE` - and AutoAttack's versions, sub-attacks and norms from
 :mod:`igam.eval.autoattack`.
 
-Derived from the declarations, for the scripts and the tests: one :class:`Schema` per script
-(``ADVTRAIN_SCHEMA``, ...; ``SCHEMAS`` lists them), and its plain views ``ADVTRAIN`` (the
-nested dict of defaults), ``ADVTRAIN_CHOICES`` and ``ADVTRAIN_RANGES`` (dotted keys).
+One :class:`Schema` per script (``ADVTRAIN_SCHEMA``, ...; ``SCHEMAS`` lists them), with its
+derived views ``ADVTRAIN_SCHEMA.defaults`` (the nested dict of defaults), ``.choices`` and
+``.ranges`` (dotted keys).
 ``configs/*.yaml`` hold only what a step or transfer pair sets differently; the reference page
 of every key, docs/config_keys.md, is generated from here::
 
