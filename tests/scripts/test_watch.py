@@ -160,3 +160,22 @@ def test_run_without_tensorboard_writes_no_events(work, monkeypatch):
     d = work / "models/no_tb"
     assert (d / "checkpoint.pt").is_file() and (d / "checkpoint_best.pt").is_file()
     assert not (d / "tensorboard").exists()
+
+
+def test_advtrain_and_finetune_watch_too(work):
+    run("train_advtrain_tinyimagenet.py", "--config",
+        str(REPO / "configs/advtrain_tinyimagenet.yaml"), *FAST, *TINY, *WATCH,
+        "--data.root", "data/tiny", "--model_dir", "models/src_watch", "--train.steps", "2",
+        "--train.batch_size", "8", "--attack.steps", "1", cwd=work)
+    run("finetune_teacher.py", "--config",
+        str(REPO / "configs/finetune_tinyimagenet_to_cifar10.yaml"), *FAST, *WATCH,
+        "--data.root", "data/c10", "--source_model_dir", "models/src",
+        "--model_dir", "models/teacher_watch", "--finetune.steps", "2",
+        "--finetune.batch_size", "8", cwd=work)
+    for name, kind, n in (("src_watch", "classifier", 16), ("teacher_watch", "teacher", 20)):
+        d = work / "models" / name
+        watched = [r for r in records(d) if "watch_split" in r]
+        assert [(r["step"], r["watch_n"]) for r in watched] == [(2, n)]
+        best = load_checkpoint(d / "checkpoint_best.pt")
+        assert best["kind"] == kind and best["step"] == 2
+        assert all("lr" in r for r in records(d))
