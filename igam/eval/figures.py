@@ -87,19 +87,23 @@ def labelled_grid(cells: torch.Tensor, nrow: int, row_labels: Sequence[str],
     return canvas
 
 
-def line_chart(x_labels: Sequence[str], series: Mapping[str, Sequence[float]], title: str = "",
-               x_title: str = "", y_title: str = "accuracy (%)", size: tuple[int, int] = (640, 420),
-               y_max: float = 100.0) -> Image.Image:
+def line_chart(x_labels: Sequence[str], series: Mapping[str, Sequence[float | None]],
+               title: str = "", x_title: str = "", y_title: str = "accuracy (%)",
+               size: tuple[int, int] = (640, 420), y_max: float = 100.0, y_min: float = 0.0,
+               max_x_labels: int | None = None) -> Image.Image:
     """Lines over categorical x positions (equally spaced, labelled ``x_labels``).
 
     Args:
         x_labels: the x tick labels, left to right.
-        series: name -> one y value per x label (on the scale 0..``y_max``); drawn as a line
-            with round markers in the next :data:`PALETTE` colour, named in the legend.
+        series: name -> one y value per x label (on the scale ``y_min``..``y_max``; None: no
+            value there, the line has a gap); drawn as a line with round markers in the next
+            :data:`PALETTE` colour, named in the legend.
         size: (width, height) of the picture in pixels.
+        max_x_labels: label at most about this many x ticks (every k-th; None: all).
     Returns:
-        RGB image with y ticks every ``y_max / 5``, light horizontal grid lines, the x and y
-        axis titles, the title on top and the legend in the upper right corner of the plot.
+        RGB image with y ticks every ``(y_max - y_min) / 5``, light horizontal grid lines,
+        the x and y axis titles, the title on top and the legend in the upper right corner of
+        the plot.
     """
     if len(series) > len(PALETTE):
         raise ValueError(f"at most {len(PALETTE)} series, got {len(series)}")
@@ -115,8 +119,9 @@ def line_chart(x_labels: Sequence[str], series: Mapping[str, Sequence[float]], t
     y0, y1 = 16 + (th + MARGIN if title else 0), height - 2 * th - 3 * MARGIN - 8
     if title:
         draw.text((width // 2, 8), title, fill=BLACK, font=fnt, anchor="mt")
+    span = (y_max - y_min) or 1.0
     for k in range(6):                                  # y ticks and grid lines
-        value = y_max * k / 5
+        value = y_min + span * k / 5
         y = y1 - (y1 - y0) * k / 5
         draw.line([(x0, y), (x1, y)], fill=GRID_GREY if k else BLACK, width=1)
         draw.line([(x0 - 4, y), (x0, y)], fill=BLACK, width=1)
@@ -129,9 +134,12 @@ def line_chart(x_labels: Sequence[str], series: Mapping[str, Sequence[float]], t
         return x0 + inset + (x1 - x0 - 2 * inset) * (i / (n - 1) if n > 1 else 0.5)
 
     def py(v: float) -> float:
-        return y1 - (y1 - y0) * min(max(v, 0.0), y_max) / y_max
+        return y1 - (y1 - y0) * (min(max(v, y_min), y_max) - y_min) / span
 
+    every = max(1, -(-n // max_x_labels)) if max_x_labels else 1
     for i, label in enumerate(x_labels):               # x ticks
+        if i % every:
+            continue
         draw.line([(px(i), y1), (px(i), y1 + 4)], fill=BLACK, width=1)
         draw.text((px(i), y1 + 4 + MARGIN), label, fill=BLACK, font=fnt, anchor="mt")
     if x_title:
@@ -142,12 +150,19 @@ def line_chart(x_labels: Sequence[str], series: Mapping[str, Sequence[float]], t
         ImageDraw.Draw(label).text((2, 0), y_title, fill=BLACK, font=fnt)
         label = label.rotate(90, expand=True)
         img.paste(label, (4, int((y0 + y1) / 2 - label.height / 2)))
+    dot = 3 if n <= 60 else 1
     for ys, colour in zip(series.values(), PALETTE):
-        points = [(px(i), py(v)) for i, v in enumerate(ys)]
-        if len(points) > 1:
-            draw.line(points, fill=colour, width=2)
-        for x, y in points:
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        runs: list[list[tuple[float, float]]] = [[]]   # stretches without a gap
+        for i, v in enumerate(ys):
+            if v is None or v != v:                     # None or NaN: a gap
+                runs.append([])
+            else:
+                runs[-1].append((px(i), py(v)))
+        for points in runs:
+            if len(points) > 1:
+                draw.line(points, fill=colour, width=2)
+            for x, y in points:
+                draw.ellipse([x - dot, y - dot, x + dot, y + dot], fill=colour)
     if series:                                          # legend, upper right
         names = list(series)
         lw = max(_text_size(draw, t, fnt)[0] for t in names) + 34

@@ -224,7 +224,16 @@ def main(argv=None):
                    help="instead of the table: list the evaluation records of these run "
                         "folders (e.g. models/*)")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--curves", type=Path, nargs="+", default=None, metavar="RUN_DIR",
+                   help="instead: draw the training curves of these runs into the PNG --out "
+                        "(igam.eval.curves)")
     args = p.parse_args(argv)
+    if args.curves:
+        from igam.eval.curves import write_curves
+        if args.out is None:
+            raise IGAMError("--curves needs --out FILE.png")
+        print(f"curves written to {write_curves(args.curves, args.out)}")
+        return
     if args.records:
         entries = list_records(args.records)
         if not entries:

@@ -8,6 +8,7 @@ save_checkpoint); the step itself lives in ``igam.training`` / ``igam.objective`
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -30,7 +31,7 @@ from igam.errors import CheckpointError, ConfigError
 from igam.gradients import input_gradient
 from igam.models import Teacher, build_model
 from igam.ops import frozen_bn_stats, model_mode, unwrap
-from igam.run import distributed
+from igam.run import distributed, tboard
 from igam.run.checkpoint import (
     check_format,
     checkpoint_path,
@@ -44,7 +45,14 @@ from igam.run.files import atomic_write
 from igam.run.rundir import CHECKPOINT_NAME, MetricsLogger, write_run_info
 from igam.run.seeding import rng_state, seed_everything, set_rng_state
 from igam.run.stopping import Stopped, StopRequest
+from igam.run.watch import Watcher, learning_rate, watch_split
 from igam.training import evaluate, recalibrate_bn
+
+
+def interactive() -> bool:
+    """Progress bars only on a terminal: with stderr a log file, CI or a cluster job's output
+    the bars stay off (no carriage-return floods) and the plain log lines remain."""
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
 def setup(cfg: Mapping[str, Any], data_parallel: bool = False) -> torch.device:
@@ -55,6 +63,7 @@ def setup(cfg: Mapping[str, Any], data_parallel: bool = False) -> torch.device:
     rank with ``distributed.rank_seed(cfg['seed'])`` (rank 0: the seed itself). Scripts
     without it refuse to run under torchrun. Returns this process's device.
     """
+    tboard.check_available(cfg.get("tensorboard", "off"))
     if not data_parallel and distributed.env_world_size() > 1:
         raise ConfigError("this script runs in a single process; launch it with python, "
                           "not torchrun")
@@ -292,14 +301,16 @@ class Checkpointer:
         model = unwrap(self.model)
         return make_checkpoint(self.kind, model.arch, model.state_dict(), step=step, **extra)
 
-    def save(self, step: int) -> None:
-        """Write the checkpoint of ``step`` (rank 0); collective when data parallel."""
+    def save(self, step: int, path: Path | None = None) -> None:
+        """Write the checkpoint of ``step`` (rank 0) to ``path`` (default: checkpoint.pt);
+        collective when data parallel."""
+        path = self.path if path is None else Path(path)
         if distributed.info().enabled:
             state = self.state(step)  # every rank takes part in gathering the RNG states
             if self.enabled:
-                save_checkpoint(self.path, state)
+                save_checkpoint(path, state)
         elif self.enabled:
-            save_checkpoint(self.path, self.state(step))
+            save_checkpoint(path, self.state(step))
 
     def restore(self, path: Path) -> int:
         """Load a checkpoint written by :meth:`save` into the run's objects; return its step."""
@@ -371,7 +382,7 @@ def clean_accuracy(model: nn.Module, dataset, eval_cfg: Mapping[str, Any], devic
     data = eval_subset(dataset, int(eval_cfg.get("num_examples", 0)))
     bs = int(eval_cfg["batch_size"])
     info = distributed.info()
-    show = distributed.is_main() if show is None else show
+    show = (distributed.is_main() if show is None else show) and interactive()
     if info.enabled:
         distributed.broadcast_module(model)
         idx = shard_batches(len(data), bs, info.rank, info.world_size)
@@ -394,12 +405,22 @@ def clean_accuracy(model: nn.Module, dataset, eval_cfg: Mapping[str, Any], devic
 
 def fit(step_fn: Callable[[torch.Tensor, torch.Tensor], dict], batches: Iterator,
         start: int, total: int, checkpointer: Checkpointer, logger: MetricsLogger | None,
-        log_every: int, checkpoint_every: int, desc: str, show: bool | None = None) -> dict:
+        log_every: int, checkpoint_every: int, desc: str, show: bool | None = None,
+        watcher: Watcher | None = None, lr_fn: Callable[[], float | None] | None = None,
+        tb: tboard.TensorBoardLogger | None = None) -> dict:
     """The training loop: ``step_fn(x, y)`` for steps ``start .. total-1``.
 
-    Logs (tqdm postfix, a printed line, metrics.jsonl) every ``log_every`` steps and at the
-    end; checkpoints every ``checkpoint_every`` steps and at the end, so a killed run loses at
-    most the steps since the last checkpoint. Returns the last logged metrics.
+    Logs (a printed line, metrics.jsonl, TensorBoard ``tb``) every ``log_every`` steps and at
+    the end, with the learning rate (``lr_fn``: ``lr``), steps and images per second;
+    checkpoints every ``checkpoint_every`` steps and at the end, so a killed run loses at
+    most the steps since the last checkpoint. Every ``watcher.every`` steps the
+    :class:`igam.run.watch.Watcher` evaluates clean and PGD accuracy on its fixed subset
+    (one more metrics.jsonl record: ``watch_*`` and ``lr``) and keeps checkpoint_best.pt;
+    it leaves the training trajectory unchanged. Returns the last logged metrics.
+
+    Progress: on a terminal a tqdm bar shows xent, accuracy and images/s; when stderr is not a
+    terminal (a log file, CI, a cluster job) the bar is off and only the plain log lines are
+    printed, so the log holds no carriage returns.
 
     SIGINT / SIGTERM (``igam.run.stopping``; handlers only inside this loop): the current step
     finishes, the checkpoint of the step reached is written like the periodic ones, and
@@ -415,13 +436,13 @@ def fit(step_fn: Callable[[torch.Tensor, torch.Tensor], dict], batches: Iterator
     """
     show = distributed.is_main() if show is None else show
     info = distributed.info()
-    if info.enabled and show:
-        bs = getattr(batches, "batch_size", None)
-        if bs is not None:
-            tqdm.write(f"global batch {info.world_size} x {bs} = {info.world_size * bs}")
+    bs = getattr(batches, "batch_size", None)
+    if info.enabled and show and bs is not None:
+        tqdm.write(f"global batch {info.world_size} x {bs} = {info.world_size * bs}")
+    images_per_step = (bs or 0) * max(info.world_size, 1)
     last: dict = {}
-    bar = tqdm(range(start, total), desc=desc, initial=start, total=total, disable=not show,
-               dynamic_ncols=True)
+    bar = tqdm(range(start, total), desc=desc, initial=start, total=total,
+               disable=not (show and interactive()), dynamic_ncols=True)
     t0 = time.time()
     with StopRequest(announce=show) as stop:
         try:
@@ -432,13 +453,35 @@ def fit(step_fn: Callable[[torch.Tensor, torch.Tensor], dict], batches: Iterator
                 signum = distributed.max_over_ranks(stop.signum) if info.enabled else stop.signum
                 if done % log_every == 0 or done == total:
                     last = distributed.mean_scalars(scalars(metrics))
+                    lr = lr_fn() if lr_fn is not None else None
+                    if lr is not None:
+                        last["lr"] = lr
                     last["steps_per_s"] = (done - start) / max(time.time() - t0, 1e-9)
+                    if images_per_step:
+                        last["images_per_s"] = last["steps_per_s"] * images_per_step
                     if logger is not None:
                         logger.log(done, **last)
-                    bar.set_postfix_str(format_metrics({k: v for k, v in last.items()
-                                                        if "accuracy" in k or k == "xent"}))
+                    if tb is not None:
+                        tb.log_train(done, last)
+                    bar.set_postfix_str(format_metrics(
+                        {k: v for k, v in last.items()
+                         if k in ("loss", "xent", "accuracy", "images_per_s")}))
                     if show:
                         tqdm.write(f"step {done}: {format_metrics(last)}")
+                if watcher is not None and watcher.due(done):
+                    res = watcher(done)
+                    lr = lr_fn() if lr_fn is not None else None
+                    record = {**res, **({"lr": lr} if lr is not None else {})}
+                    if logger is not None:
+                        logger.log(done, **record)
+                    if tb is not None:
+                        tb.log_eval(done, record)
+                    if show:
+                        tqdm.write(f"step {done}: watched on {res['watch_n']} {res['watch_split']} "
+                                   f"examples: clean {100 * res['watch_clean_accuracy']:.2f}%, "
+                                   f"PGD-{res['watch_pgd_steps']} "
+                                   f"{100 * res['watch_robust_accuracy']:.2f}%"
+                                   + (" (best so far)" if res["watch_best"] else ""))
                 if done % checkpoint_every == 0 or done == total or signum:
                     checkpointer.save(done)
                 if signum:
@@ -450,20 +493,50 @@ def fit(step_fn: Callable[[torch.Tensor, torch.Tensor], dict], batches: Iterator
     return last
 
 
+def make_watcher(cfg: Mapping[str, Any], ckpt: Checkpointer,
+                 model: nn.Module | None = None) -> Watcher | None:
+    """The run's :class:`igam.run.watch.Watcher` (None with ``watch.every`` 0 or no ``watch``
+    section): its subset from :func:`igam.run.watch.watch_split`, evaluated with the
+    config's ``eval.batch_size``; rank 0 prints where the subset comes from."""
+    w = cfg.get("watch")
+    if not w or not w["every"]:
+        return None
+    data, split, root = watch_split(cfg)
+    if distributed.is_main():
+        note = ("" if split == "validation" else
+                "; checkpoint_best.pt is chosen on test images (set watch.root to a validation "
+                "split for unbiased test numbers: docs/pipeline.md#validation-split)")
+        print(f"watch: clean and PGD-{w['pgd_steps']} accuracy on {len(data)} {split} examples "
+              f"({root}) every {w['every']} steps{note}", flush=True)
+    return Watcher(unwrap(model if model is not None else ckpt.model), data, split, w["every"],
+                   w["pgd_steps"], cfg["eval"]["batch_size"], cfg["seed"], ckpt)
+
+
 def train(ckpt: Checkpointer, run, step_fn: Callable[[torch.Tensor, torch.Tensor], dict],
           batches: Iterator, total: int, cfg: Mapping[str, Any],
           desc: str) -> MetricsLogger | None:
     """Resume from the run folder's checkpoint if there is one, then :func:`fit` up to
-    ``total`` steps. Returns the run's metrics logger (rank 0; None on the other ranks)."""
+    ``total`` steps, with the periodic evaluation (:func:`make_watcher`) and TensorBoard
+    (config ``tensorboard``; rank 0). Returns the run's metrics logger (rank 0; None on the
+    other ranks)."""
+    watcher = make_watcher(cfg, ckpt)  # before restore: it restores the best result so far
     start = ckpt.restore(run.resume_from) if run.resume_from else 0
-    logger = MetricsLogger(run.path, truncate_after=start) if distributed.is_main() else None
-    if logger is not None:  # versions, git commit, device, parameter counts: run_info.json
+    main = distributed.is_main()
+    logger = MetricsLogger(run.path, truncate_after=start) if main else None
+    if main:  # versions, git commit, device, parameter counts: run_info.json
         model = unwrap(ckpt.model)
         write_run_info(run.path, {ckpt.kind: model, **{k: unwrap(m) for k, m in
                                                        ckpt.extras.items()}},
                        next(model.parameters()).device, start, distributed.info().world_size)
-    fit(step_fn, batches, start, total, ckpt, logger, cfg["log_every"], cfg["checkpoint_every"],
-        desc=desc)
+    tb = (tboard.TensorBoardLogger.open(cfg.get("tensorboard", "off"), run.path, ckpt.kind,
+                                        start) if main else None)
+    try:
+        fit(step_fn, batches, start, total, ckpt, logger, cfg["log_every"],
+            cfg["checkpoint_every"], desc=desc, watcher=watcher,
+            lr_fn=lambda: learning_rate(ckpt.trainer), tb=tb)
+    finally:
+        if tb is not None:
+            tb.close()
     return logger
 
 
@@ -540,7 +613,8 @@ def save_input_gradients(model: nn.Module, dataset, batch_size: int, device, pat
     grads = []
     with model_mode(model, "train"), frozen_bn_stats(model):
         for x, y in tqdm(eval_batches(dataset, batch_size, device), leave=False,
-                         desc=f"gradients {path.name}", total=-(-len(dataset) // batch_size)):
+                         desc=f"gradients {path.name}", total=-(-len(dataset) // batch_size),
+                         disable=not interactive()):
             grads.append(input_gradient(model, x, y).permute(0, 2, 3, 1).cpu().numpy())
     with atomic_write(path, "wb", encoding=None) as fh:
         np.save(fh, np.concatenate(grads).astype(np.float32))

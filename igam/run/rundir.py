@@ -7,7 +7,9 @@ A run folder (``models/<name>/``) holds:
   resume: a resume takes it as its base, and may change only the keys declared ``resumable``),
 - ``config_history.jsonl``  one JSON object per start or resume: time, command line, and the
   keys a resume changed with their old and new values,
-- ``metrics.jsonl``  one JSON object per logged step,
+- ``metrics.jsonl``  one JSON object per logged step (and one per watched evaluation),
+- ``checkpoint_best.pt``  with ``watch.every``: the best watched robust accuracy's
+  (:mod:`igam.run.watch`), ``tensorboard/``  event files (:mod:`igam.run.tboard`).
 - ``run_info.json``  what ran the latest start or resume: torch and Python versions, the git
   commit of the code (null outside a git checkout), the device, the world size and the
   parameter count of each model (:func:`write_run_info`); the versions and the commit are

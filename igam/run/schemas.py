@@ -164,6 +164,30 @@ _PRECISION = {
 }
 
 
+# Watching a run (igam.run.watch; docs/pipeline.md#watching-a-run): a periodic clean + PGD
+# evaluation on a fixed subset, the best checkpoint by its robust accuracy, TensorBoard.
+def _watch(every: int, why: str) -> dict[str, Key]:
+    return {
+        "every": Key(every, "steps between clean + PGD evaluations of a fixed subset "
+                            f"(metrics.jsonl, checkpoint_best.pt); 0 = off; {why}", range=">= 0",
+                     resumable=True),
+        "num_examples": Key(1000, "examples of the fixed subset (the first ones of the "
+                                  "validation / test split)", range=">= 1", resumable=True),
+        "pgd_steps": Key(10, "PGD steps of the watched robust accuracy (eps 8, step 2, random "
+                             "start from its own seeded generator)", range=">= 1",
+                         resumable=True),
+        "root": Key("", "validation split (python -m igam.data.holdout) whose test split is "
+                        'watched; "" = data.root\'s test split: validation if data.root is such a '
+                        "split, else the test set (watch_split test)",
+                    resumable=True),
+    }
+
+
+_WATCH_PAPER = "5000: 64 points in 320k steps, at a few per cent of the training compute"
+_TENSORBOARD = Key("auto", "TensorBoard event files in <model_dir>/tensorboard: auto (when the "
+                           "tensorboard package is installed), on (required), off",
+                   choices=("auto", "on", "off"), resumable=True)
+
 
 def _canonical_data(cfg: dict) -> dict:
     """A training config with its class subset written one way (igam.data.subsets)."""
@@ -189,6 +213,8 @@ ADVTRAIN_SCHEMA = Schema({
                "random_start": _RANDOM_START, "loss": _LOSS},
     "eval": dict(_EVAL),
     "precision": dict(_PRECISION),  # PGD + training forward (autocast), attack/eval (compile)
+    "watch": _watch(5000, _WATCH_PAPER),
+    "tensorboard": _TENSORBOARD,
 }, name="ADVTRAIN", commands=("train_advtrain_tinyimagenet.py",), configs="advtrain_*.yaml",
    canonical=_canonical_data)
 
@@ -223,6 +249,8 @@ FINETUNE_SCHEMA = Schema({
         "save_input_gradients": _SAVE_GRADIENTS,
     },
     "eval": dict(_EVAL),
+    "watch": _watch(0, "off: costly next to cheap head-only steps; e.g. 1000 of 4700"),
+    "tensorboard": _TENSORBOARD,
 }, name="FINETUNE", commands=("finetune_teacher.py",), configs="finetune_*.yaml",
    canonical=_canonical_data)
 
@@ -280,6 +308,8 @@ IGAM_SCHEMA = Schema({
                                            "and the discriminator (TF's DW variables)"),
               "augment": _AUGMENT},
     "eval": dict(_EVAL),
+    "watch": _watch(5000, _WATCH_PAPER),
+    "tensorboard": _TENSORBOARD,
 }, name="IGAM", commands=("train_igam.py",), configs="igam_*.yaml",
    canonical=_canonical_data)
 

@@ -128,7 +128,8 @@ def equal(a, b, where: str = "checkpoint") -> None:
 
 def metrics(run_dir: Path) -> list[dict]:
     """metrics.jsonl without the wall-clock entries."""
-    return [{k: v for k, v in json.loads(line).items() if k not in ("time", "steps_per_s")}
+    return [{k: v for k, v in json.loads(line).items()
+             if k not in ("time", "steps_per_s", "images_per_s")}
             for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -139,7 +140,7 @@ def assert_same_run(got: Path, want: Path) -> None:
     assert metrics(got) == metrics(want)
     # the run's records of itself: compared above, or by design different (times, commands)
     own = {"config.yaml", "checkpoint.pt", "metrics.jsonl", "config_history.jsonl",
-           "run_info.json"}
+           "run_info.json", "tensorboard"}  # event files: wall-clock times
     files = {p.name for p in want.iterdir()} - own
     assert files and files == {p.name for p in got.iterdir()} - own
     for name in files:
@@ -208,7 +209,7 @@ def test_second_signal_stops_at_once(work):
     assert elapsed < 1.0, elapsed  # a PGD-30 step takes longer
     assert "stopped by" not in proc.stderr()
     assert load_checkpoint(w / "twice")["step"] == 2
-    assert sorted(p.name for p in (w / "twice").iterdir()) == [
+    assert sorted(p.name for p in (w / "twice").iterdir() if p.name != "tensorboard") == [
         "checkpoint.pt", "config.yaml", "metrics.jsonl"]
 
 
