@@ -427,7 +427,8 @@ def test_torchrun_train_igam_writes_rank0_files_and_resumes_exactly(igam_setup):
     assert proc.stdout.count("student clean accuracy") == 1  # rank 0 reports
     assert "global batch 2 x 8 = 16" in proc.stdout + proc.stderr
     assert sorted(p.name for p in (w / "full").iterdir() if p.name != "tensorboard") == [
-        "checkpoint.pt", "config.yaml", "eval_clean.json", "metrics.jsonl"]
+        "checkpoint.pt", "config.yaml", "config_history.jsonl", "eval_clean.json",
+        "metrics.jsonl", "run_info.json"]
     steps = [json.loads(x)["step"] for x in (w / "full/metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 4, 6]  # one writer
     assert json.loads((w / "full/eval_clean.json").read_text())["n"] == 30

@@ -219,10 +219,10 @@ def test_run_main_in_a_real_process_prints_no_traceback(tmp_path):
     script.write_text(
         "import sys\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
-        "from igam.run.config import load_config\n"
+        "from igam.run.config import Key, Schema, load_config\n"
         "from igam.run.cli import run_main\n"
         "def main(argv):\n"
-        "    load_config({'train': {'batch_size': 32}}, argv)\n"
+        "    load_config(Schema({'train': {'batch_size': Key(32, 'batch')}}), argv)\n"
         "run_main(main, sys.argv[1:])\n"
     )
     result = subprocess.run(

@@ -133,8 +133,7 @@ def test_cifar100_subset_resumes_exactly_and_keeps_its_mapping(tmp_path):
     for wrong in (["--data.classes", "3,99,42"], ["--data.classes", "[]"]):
         proc = run("train_advtrain_tinyimagenet.py", *args, *wrong, "--model_dir",
                    "models/part", "--train.steps", "4", "--resume", cwd=w, check=False)
-        assert_one_line_error(proc, "cannot resume", "classes 99,3,42",
-                              "--data.classes 99,3,42")
+        assert_one_line_error(proc, "cannot resume", "data.classes [99, 3, 42] -> ")
         assert saved_data(w / "models/part")[0]["classes"] == [99, 3, 42]  # config.yaml intact
     run("train_advtrain_tinyimagenet.py", *args, "--model_dir", "models/part",
         "--train.steps", "4", "--resume", cwd=w)

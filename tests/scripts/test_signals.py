@@ -210,7 +210,7 @@ def test_second_signal_stops_at_once(work):
     assert "stopped by" not in proc.stderr()
     assert load_checkpoint(w / "twice")["step"] == 2
     assert sorted(p.name for p in (w / "twice").iterdir() if p.name != "tensorboard") == [
-        "checkpoint.pt", "config.yaml", "metrics.jsonl"]
+        "checkpoint.pt", "config.yaml", "config_history.jsonl", "metrics.jsonl", "run_info.json"]
 
 
 def test_attack_stops_at_once_and_writes_nothing(work):
@@ -221,7 +221,7 @@ def test_attack_stops_at_once_and_writes_nothing(work):
             "--model_dir", "victim", "--data.dataset", "cifar10", "--data.root", "c10",
             "--eval.batch_size", "5", "--attack.steps", "300", "--attack.early_stop", "false"]
     proc = Running("pgd_attack.py", args, w)
-    proc.wait_for_stderr("pgd victim:")  # the progress bar: the attack loop runs
+    proc.wait_for_stderr("pgd victim-")  # the progress bar: the attack loop runs
     proc.proc.send_signal(signal.SIGTERM)
     assert proc.finish() == 143, proc.stderr()[-3000:]
     head, command = proc.last_stderr_line().split("; rerun with: ")
