@@ -54,7 +54,7 @@ def test_test_script_runs_pytest_with_its_arguments_and_exit_code(python):
                           env=dict(os.environ, PYTHON=str(exe)), capture_output=True, text=True,
                           cwd="/")  # runs from anywhere
     assert proc.returncode == 5, proc.stdout[-2000:] + proc.stderr[-2000:]  # none selected
-    assert "deselected" in proc.stdout
+    assert "no tests ran" in proc.stdout or "deselected" in proc.stdout  # pytest-xdist: the former
     assert not log.exists()  # this environment has every requirement: nothing installed
 
 

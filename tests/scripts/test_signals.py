@@ -151,7 +151,6 @@ def assert_same_run(got: Path, want: Path) -> None:
 
 CASES = [
     pytest.param("train_igam.py", 200, 50, signal.SIGTERM, id="igam-200-SIGTERM"),
-    pytest.param("train_igam.py", 20, 7, signal.SIGTERM, id="igam-20-SIGTERM"),
     pytest.param("train_advtrain_tinyimagenet.py", 20, 7, signal.SIGINT, id="advtrain-SIGINT"),
     pytest.param("finetune_teacher.py", 20, 7, signal.SIGTERM, id="finetune-SIGTERM"),
 ]
