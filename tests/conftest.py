@@ -30,3 +30,10 @@ def real_data() -> Path:
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+def pytest_collection_modifyitems(items):
+    """End-to-end files (tests/scripts/) first, in their collected order: with pytest-xdist
+    (``--dist loadfile``, scripts/test.sh) the longest files then start at once, and the run
+    does not end with one long file on one core while the other idles."""
+    items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/scripts/") else 1)
