@@ -845,8 +845,12 @@ def _resumed_run_config(cfg: Mapping[str, Any], defaults: Mapping[str, Any], cho
     if not path.is_file():
         return None
     base = _plain(copy.deepcopy(dict(defaults)))
-    return merge_config(base, load_yaml_file(path), defaults, str(path), choices, ranges,
-                        lengths)
+    saved = merge_config(base, load_yaml_file(path), defaults, str(path), choices, ranges,
+                         lengths)
+    # how the run was started (--overwrite, --resume) is not part of its config: a run begun
+    # with --overwrite continues with --resume alone
+    saved.update({k: defaults[k] for k in ("overwrite", "resume") if k in defaults})
+    return saved
 
 
 def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -40,6 +40,16 @@ def test_resume_alone_continues_from_the_run_config(tmp_path):
     assert cfg["resume"] is True
 
 
+def test_run_started_with_overwrite_resumes_alone(tmp_path):
+    """--overwrite is how a run was started, not its config: the saved overwrite: true must
+    not make --resume --model_dir DIR contradict itself (nor the continue command that a
+    SIGTERM prints)."""
+    run = _started_run(tmp_path, "--overwrite")
+    cfg = load_config(schemas.IGAM_SCHEMA, ["--resume", "--model_dir", str(run)])
+    assert cfg["resume"] is True and cfg["overwrite"] is False
+    assert prepare_run_dir(run, cfg, resume=True).resume_from == run / "checkpoint.pt"
+
+
 def test_changed_key_is_refused_naming_old_and_new(tmp_path):
     run = _started_run(tmp_path)
     before = _files(run)
