@@ -274,6 +274,13 @@ def check_result_slot(result_path: Path, attack: Mapping[str, Any],
                           "or remove that result")
 
 
+def chance_accuracy(labels) -> float:
+    """Accuracy of the best constant classifier on ``labels`` (int class indices): the
+    frequency of the most common class, the floor any accuracy should be read against."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64).ravel())
+    return float(counts.max() / counts.sum()) if counts.size else 0.0
+
+
 def eval_result(*, target: AttackTarget, cfg: Mapping[str, Any], device, tag: str,
                 record: Mapping[str, Any] | None, transfer: bool, file_sha256: str,
                 adv: Mapping[str, Any], clean: Mapping[str, Any],
@@ -287,6 +294,7 @@ def eval_result(*, target: AttackTarget, cfg: Mapping[str, Any], device, tag: st
         "bn_mode": cfg["eval"]["bn_mode"],
         "adv_accuracy": adv["accuracy"], "adv_correct": adv["correct"],
         "clean_accuracy": clean["accuracy"], "clean_correct": clean["correct"],
+        "chance_accuracy": chance_accuracy(target.test.labels[:adv["n"]]),
         "transfer": transfer,
         "source_model": (record["model"] if record else None) if transfer else None,
         "model": model_info(target, cfg["model_dir"]), "data": data_info(target),

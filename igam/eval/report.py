@@ -16,6 +16,10 @@ read from each: one table with rows ``<folder name>/<row>``, and the JSON is nes
 ``--alignment`` (JSONs of ``python -m igam.eval.visualize``, one per folder) adds the column
 ``alignment``: a student's mean cosine similarity with the teacher's input gradients, 1 for
 the teacher's own row (trivially), null ("-") for the other rows.
+``--chance`` adds to each folder's JSON an entry ``"chance"``: the accuracy (%) of the best
+constant classifier on the test images of the first row's first attack (the most frequent
+class's share, recorded by run_attack.py as ``chance_accuracy``), the floor every number of
+that folder is read against.
 
     python -m igam.eval.report --records models/* [--out records.json]
 
@@ -93,6 +97,16 @@ def collect(run_dir: Path, rows: list[str], attacks: list[str]) -> dict:
             entry[column(attack)] = round(100 * res["adv_accuracy"], 2)
         table[row] = entry
     return table
+
+
+def chance(run_dir: Path, row: str, attack: str) -> float:
+    """The ``chance_accuracy`` (%) run_attack.py recorded in ``<row>/eval_<attack>.json``."""
+    path = run_dir / row / f"eval_{attack}.json"
+    res = read_result(path)
+    if "chance_accuracy" not in res:
+        raise IGAMError(f"{path} has no chance_accuracy (written by run_attack.py since "
+                        "#17): rerun run_attack.py for it")
+    return round(100 * res["chance_accuracy"], 2)
 
 
 def list_records(run_dirs: list[Path]) -> list[dict]:
@@ -173,12 +187,14 @@ def add_alignment(table: dict, alignment: dict, path: Path) -> dict:
 def summarize(runs: list[dict]) -> dict:
     """Mean and spread over repeated runs (e.g. seeds) of the same table: every number of the
     tables (nested alike) becomes ``{"mean", "std" (population), "min", "max", "values"}``;
-    ``None`` values (e.g. the alignment of a row without one) stay None."""
+    ``None`` values (e.g. the alignment of a row without one) stay None, and a ``chance``
+    entry equal in every run (the same test images) stays that number."""
     first = runs[0]
     if isinstance(first, dict):
         if any(not isinstance(r, dict) or list(r) != list(first) for r in runs):
             raise IGAMError("the results to summarise do not have the same rows and columns")
-        return {k: summarize([r[k] for r in runs]) for k in first}
+        return {k: (first[k] if k == "chance" and all(r[k] == first[k] for r in runs)
+                    else summarize([r[k] for r in runs])) for k in first}
     if any(v is None for v in runs):
         return None
     values = [float(v) for v in runs]
@@ -208,6 +224,26 @@ def format_table(table: dict) -> str:
     return "\n".join(lines)
 
 
+def format_result(result: dict) -> str:
+    """The printed table of a results or summary JSON: a nested one (``{folder: {row: ...}}``)
+    gets rows ``<folder>/<row>``; ``chance`` entries become one line below the table."""
+    nested = all(isinstance(e, dict) and "mean" not in e for v in result.values()
+                 if isinstance(v, dict) for k, e in v.items() if k != "chance")
+    groups = result.items() if nested else [("", result)]
+    rows, chances = {}, []
+    for g, group in groups:
+        for r, e in group.items():
+            if r == "chance":
+                value = e["mean"] if isinstance(e, dict) else e
+                chances.append(f"{g or 'all'} {value:.2f}%")
+            else:
+                rows[f"{g}/{r}" if g else r] = e
+    text = format_table(rows)
+    if chances:
+        text += "\nchance (best constant classifier): " + ", ".join(chances)
+    return text
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m igam.eval.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -220,6 +256,9 @@ def main(argv=None):
     p.add_argument("--alignment", type=Path, nargs="+", default=None,
                    help="JSONs of python -m igam.eval.visualize (one per run folder): adds the "
                         "alignment column")
+    p.add_argument("--chance", action="store_true",
+                   help="add each folder's chance level (%%, best constant classifier) as the "
+                        "entry 'chance' of its JSON")
     p.add_argument("--records", type=Path, nargs="+", default=None, metavar="RUN_DIR",
                    help="instead of the table: list the evaluation records of these run "
                         "folders (e.g. models/*)")
@@ -250,12 +289,8 @@ def main(argv=None):
                 raise IGAMError(f"{path} not found: run the experiment for it first")
             runs.append(json.loads(path.read_text()))
         result = summarize(runs)
-        nested = all(isinstance(v, dict) and "mean" not in v
-                     for rows in result.values() for v in rows.values())
-        table = ({f"{g}/{r}": e for g, rows in result.items() for r, e in rows.items()}
-                 if nested else result)
         print(f"mean +- std over {len(runs)} runs")
-        print(format_table(table))
+        print(format_result(result))
         if args.out is not None:
             write_json(args.out, {"runs": [str(p) for p in args.summarize], "summary": result})
         return
@@ -270,16 +305,16 @@ def main(argv=None):
         rows = collect(run_dir, args.rows, args.attacks)
         if args.alignment:
             add_alignment(rows, read_alignment(args.alignment[i]), args.alignment[i])
+        if args.chance:
+            rows["chance"] = chance(run_dir, args.rows[0], args.attacks[0])
         groups[run_dir.name] = rows
     if len(args.run_dirs) == 1:
-        table = result = groups[args.run_dirs[0].name]
+        result = groups[args.run_dirs[0].name]
     else:
         if len(groups) < len(args.run_dirs):
             raise IGAMError("the run folders given to igam.eval.report must have distinct names")
         result = groups
-        table = {f"{group}/{row}": entry for group, rows in result.items()
-                 for row, entry in rows.items()}
-    print(format_table(table))
+    print(format_result(result))
     if args.out is not None:
         write_json(args.out, result)
 

@@ -49,3 +49,37 @@ def test_summarize_repeated_runs(tmp_path):
     assert written["runs"] == [str(f) for f in files] and written["summary"] == s
     with pytest.raises(IGAMError, match="same rows and columns"):
         report.summarize([runs[0], {"pair": {"igam": {"clean": 1.0}}}])
+
+
+def test_chance_entry_per_folder(tmp_path):
+    """--chance: each folder's JSON gets the chance level run_attack.py recorded (first row,
+    first attack); it is printed below the table and kept as one number by --summarize."""
+    for pair, share in (("a", 0.1), ("b", 0.2)):
+        for row in ("teacher", "student"):
+            (tmp_path / pair / row).mkdir(parents=True)
+            (tmp_path / pair / row / "eval_pgds20.json").write_text(json.dumps(
+                {"clean_accuracy": 0.5, "adv_accuracy": 0.25, "chance_accuracy": share}))
+    out = tmp_path / "results.json"
+    report.main([str(tmp_path / "a"), str(tmp_path / "b"), "--rows", "teacher", "student",
+                 "--attacks", "pgds20", "--chance", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["a"]["chance"] == 10.0 and result["b"]["chance"] == 20.0
+    assert result["b"]["student"] == {"clean": 50.0, "pgd20": 25.0}
+    text = report.format_result(result).splitlines()
+    assert text[-1] == "chance (best constant classifier): a 10.00%, b 20.00%"
+    assert [line.split()[0] for line in text[1:-1]] == ["a/teacher", "a/student", "b/teacher",
+                                                        "b/student"]
+    s = report.summarize([result, result])
+    assert s["a"]["chance"] == 10.0 and s["a"]["teacher"]["clean"]["mean"] == 50.0
+    assert report.format_result(s).splitlines()[-1].endswith("a 10.00%, b 20.00%")
+    (tmp_path / "a" / "teacher" / "eval_pgds20.json").write_text(
+        json.dumps({"clean_accuracy": 0.5, "adv_accuracy": 0.25}))
+    with pytest.raises(IGAMError, match="no chance_accuracy"):
+        report.chance(tmp_path / "a", "teacher", "pgds20")
+
+
+def test_chance_accuracy_is_the_most_frequent_class_share():
+    from igam.eval.records import chance_accuracy
+    assert chance_accuracy([0, 0, 1, 2]) == 0.5
+    assert chance_accuracy([3, 3, 3]) == 1.0
+    assert chance_accuracy([]) == 0.0
