@@ -24,7 +24,6 @@ import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from igam.attacks import make_attack
 from igam.data import eval_batches
@@ -34,6 +33,7 @@ from igam.run import engine, precision, preflight, schemas
 from igam.run.cli import run_main
 from igam.run.config import load_config
 from igam.run.files import write_json
+from igam.run.progress import progress
 from igam.run.provenance import file_sha256
 from igam.run.stopping import abort_on_signal
 
@@ -66,8 +66,8 @@ def main(argv=None):
         adv = []
         with abort_on_signal(lambda: f"after {sum(len(b) for b in adv)} of {len(test)} "
                                      f"examples ({a['method']}); {lost}"):
-            for x, y in tqdm(eval_batches(test, bs, device), desc=f"{a['method']} {name}",
-                             total=-(-len(test) // bs)):
+            for x, y in progress(eval_batches(test, bs, device), desc=f"{a['method']} {name}",
+                                 total=-(-len(test) // bs)):
                 adv.append(attack(x, y).permute(0, 2, 3, 1).cpu())
         x_adv = torch.cat(adv).numpy().astype(np.float32)
     seconds = time.perf_counter() - t0

@@ -22,7 +22,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from igam.data import eval_batches
 from igam.eval import advfiles, records
@@ -31,6 +30,7 @@ from igam.run import engine, precision, schemas
 from igam.run.cli import run_main
 from igam.run.config import load_config
 from igam.run.files import atomic_write, atomic_write_text, write_json
+from igam.run.progress import progress
 from igam.run.provenance import file_sha256
 from igam.run.stopping import abort_on_signal
 from igam.training import evaluate
@@ -64,11 +64,11 @@ def main(argv=None):
     model = precision.compiled(precision.wrap(target.model, prec), prec)
     bs, bn = cfg["eval"]["batch_size"], cfg["eval"]["bn_mode"]
     nb = -(-len(test) // bs)
-    bars: dict[str, tqdm] = {}
+    bars: dict = {}
 
-    def progress(what: str, desc: str):
+    def tracked(what: str, desc: str):
         def wrap(it):
-            bars[what] = tqdm(it, desc=desc, total=nb)
+            bars[what] = progress(it, desc=desc, total=nb)
             return bars[what]
         return wrap
 
@@ -79,9 +79,9 @@ def main(argv=None):
 
     with abort_on_signal(done):
         adv = evaluate(model, adversarial_batches(x_adv, test.labels, bs, device), bn_mode=bn,
-                       progress=progress("adversarial", f"adversarial {path.name}"))
+                       progress=tracked("adversarial", f"adversarial {path.name}"))
         clean = evaluate(model, eval_batches(test, bs, device), bn_mode=bn,
-                         progress=progress("clean", "clean"))
+                         progress=tracked("clean", "clean"))
 
     clean_name, key = records.clean_predictions_name(target, cfg, prec.is_default)
     records.save_clean_predictions(out, clean_name, key, clean["predictions"].numpy(), target,

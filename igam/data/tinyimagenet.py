@@ -30,6 +30,7 @@ import hashlib
 import os
 import re
 import stat
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -218,9 +219,12 @@ def decode_image(path: Path) -> np.ndarray:
 
 def _decode_all(root: Path, items: List[Tuple[str, int]], desc: str) -> np.ndarray:
     out = np.empty((len(items), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    show = len(items) >= 2000  # no bar for tiny sets (tests)
-    for i, (rel, _) in enumerate(tqdm(items, desc=desc, unit="img", disable=not show)):
+    show = len(items) >= 2000  # no progress for tiny sets (tests)
+    bar = show and sys.stderr.isatty()  # a log file gets a line per 5000 images, no bar
+    for i, (rel, _) in enumerate(tqdm(items, desc=desc, unit="img", disable=not bar)):
         out[i] = decode_image(root / rel)
+        if show and not bar and ((i + 1) % 5000 == 0 or i + 1 == len(items)):
+            print(f"{desc}: {i + 1}/{len(items)} images", file=sys.stderr, flush=True)
     return out
 
 

@@ -31,6 +31,7 @@ import contextlib
 import logging
 import math
 import re
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -181,8 +182,9 @@ class _Monitor(logging.Handler):
             self.current, self.t_start = m.group(1), time.perf_counter()
             self.fooled[self.current] = 0
             total = math.ceil(self.robust / self.batch_size)
+            # a bar on a terminal only; a log file gets the line per sub-attack below
             self.bar = tqdm(total=total, desc=f"autoattack {self.current}", unit="batch",
-                            disable=not self.show, leave=False)
+                            disable=not (self.show and sys.stderr.isatty()), leave=False)
             return
         m = self._BATCH.match(msg)
         if m and m.group(1) == self.current:

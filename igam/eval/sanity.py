@@ -37,7 +37,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 from igam.attacks import PGD, PIXEL_MAX, PIXEL_MIN, xent_loss
 from igam.data import eval_batches
@@ -47,6 +46,7 @@ from igam.run import engine, schemas
 from igam.run.cli import run_main
 from igam.run.config import load_config
 from igam.run.files import write_json
+from igam.run.progress import progress
 from igam.training import evaluate
 
 PASS, FLAG, NOT_RUN = "pass", "FLAG", "not run"
@@ -81,7 +81,7 @@ def check_square_available(s: Mapping[str, Any]) -> None:
 
 
 def _bar(desc: str, total: int):
-    return lambda it: tqdm(it, desc=desc, total=total, leave=False, dynamic_ncols=True)
+    return lambda it: progress(it, desc=desc, total=total, leave=False)
 
 
 def _generator(seed: int, device) -> torch.Generator:
@@ -160,8 +160,8 @@ def square_accuracy(model: nn.Module, data, eps: float, queries: int, p_init: fl
     try:
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), \
                 torch.no_grad():
-            for x, y in tqdm(eval_batches(data, batch_size, device), desc="Square", total=nb,
-                             leave=False, dynamic_ncols=True):
+            for x, y in progress(eval_batches(data, batch_size, device), desc="Square",
+                                 total=nb, leave=False):
                 adv01 = attack.perturb((x / PIXEL_MAX).contiguous(), y)
                 x_adv = (adv01 * PIXEL_MAX).clamp(PIXEL_MIN, PIXEL_MAX)
                 correct += int((model(x_adv).argmax(1) == y).sum())

@@ -35,7 +35,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 from igam.attacks import PIXEL_MAX
 from igam.data import eval_batches
@@ -47,6 +46,7 @@ from igam.run.cli import run_main
 from igam.run.config import load_config
 from igam.run.engine import eval_subset
 from igam.run.files import write_json
+from igam.run.progress import progress
 
 
 def eval_input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -79,8 +79,8 @@ def gradient_alignment(teacher: nn.Module, students: Mapping[str, nn.Module], da
     """
     cos: dict[str, list[torch.Tensor]] = {name: [] for name in students}
     nb = -(-len(data) // batch_size)
-    for x, y in tqdm(eval_batches(data, batch_size, device), desc="alignment", total=nb,
-                     leave=False, dynamic_ncols=True):
+    for x, y in progress(eval_batches(data, batch_size, device), desc="alignment", total=nb,
+                         leave=False):
         g_t = eval_input_gradient(teacher, x, y)
         for name, student in students.items():
             cos[name].append(cosine_per_example(eval_input_gradient(student, x, y), g_t).cpu())

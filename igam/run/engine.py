@@ -8,7 +8,6 @@ save_checkpoint); the step itself lives in ``igam.training`` / ``igam.objective`
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -42,17 +41,12 @@ from igam.run.checkpoint import (
 )
 from igam.run.device import set_fidelity
 from igam.run.files import atomic_write
+from igam.run.progress import interactive, progress
 from igam.run.rundir import CHECKPOINT_NAME, MetricsLogger, write_run_info
 from igam.run.seeding import rng_state, seed_everything, set_rng_state
 from igam.run.stopping import Stopped, StopRequest
 from igam.run.watch import Watcher, learning_rate, watch_split
 from igam.training import evaluate, recalibrate_bn
-
-
-def interactive() -> bool:
-    """Progress bars only on a terminal: with stderr a log file, CI or a cluster job's output
-    the bars stay off (no carriage-return floods) and the plain log lines remain."""
-    return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
 def setup(cfg: Mapping[str, Any], data_parallel: bool = False) -> torch.device:
@@ -391,8 +385,8 @@ def clean_accuracy(model: nn.Module, dataset, eval_cfg: Mapping[str, Any], devic
         shard = data
     nb = -(-len(shard) // bs)
     res = evaluate(model, eval_batches(shard, bs, device), bn_mode=eval_cfg["bn_mode"],
-                   progress=lambda it: tqdm(it, desc=desc, total=nb, disable=not show,
-                                            leave=False))
+                   progress=lambda it: progress(it, desc=desc, total=nb, show=show,
+                                                leave=False))
     if not info.enabled:
         return res
     correct, n = distributed.all_reduce_sum([res["correct"], res["n"]])
@@ -612,9 +606,9 @@ def save_input_gradients(model: nn.Module, dataset, batch_size: int, device, pat
     """
     grads = []
     with model_mode(model, "train"), frozen_bn_stats(model):
-        for x, y in tqdm(eval_batches(dataset, batch_size, device), leave=False,
-                         desc=f"gradients {path.name}", total=-(-len(dataset) // batch_size),
-                         disable=not interactive()):
+        for x, y in progress(eval_batches(dataset, batch_size, device), leave=False,
+                             desc=f"gradients {path.name}",
+                             total=-(-len(dataset) // batch_size)):
             grads.append(input_gradient(model, x, y).permute(0, 2, 3, 1).cpu().numpy())
     with atomic_write(path, "wb", encoding=None) as fh:
         np.save(fh, np.concatenate(grads).astype(np.float32))
