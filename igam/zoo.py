@@ -20,6 +20,7 @@ Keyword overrides (``depth``, ``widen_factor``, ...) build a variant of the name
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import torch.nn as nn
@@ -60,9 +61,11 @@ WIDE_RESNETS: dict[tuple[str, str], dict[str, tuple[int, int, bool]]] = {
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 
 
+@functools.cache
 def robustbench_available() -> bool:
     """True if the ``robustbench`` package can be imported (not only found: see the module
-    docstring for why it may be installed yet fail to import)."""
+    docstring for why it may be installed yet fail to import). Tried once per process (the
+    attempt imports torchvision's datasets: seconds)."""
     if importlib.util.find_spec("robustbench") is None:
         return False
     try:

@@ -88,7 +88,7 @@ def check_teacher(section: Mapping[str, Any], key: str = "teacher") -> None:
         return
     name = section["model"][len(ROBUSTBENCH):]
     dataset, threat = section["robustbench_dataset"], section["threat_model"]
-    if not robustbench_available() and name not in known_names(dataset, threat):
+    if name not in known_names(dataset, threat) and not robustbench_available():
         raise ConfigError(
             f"config key '{key}.model': without the robustbench package the port builds only "
             f"these RobustBench {dataset} {threat} models: "
