@@ -29,7 +29,7 @@ from igam.data import (
 )
 from igam.errors import CheckpointError, ConfigError
 from igam.gradients import double_backward_failure, input_gradient
-from igam.models import Teacher, build_model
+from igam.models import ExternalClassifier, Teacher, build_model
 from igam.ops import frozen_bn_stats, model_mode, unwrap
 from igam.run import distributed, external, tboard
 from igam.run.checkpoint import (
@@ -260,6 +260,8 @@ def check_double_backward(student: nn.Module, train, device, name: str) -> None:
     (:func:`igam.gradients.double_backward_failure`; the student is left unchanged)."""
     x, y = next(iter(eval_batches(train.subset(np.arange(min(2, len(train)))), 2, device)))
     failure = double_backward_failure(student, x, y)
+    if failure and isinstance(student, ExternalClassifier):  # the layer's name in the user's model
+        failure = failure.replace("layer body.", "layer ", 1)
     if failure:
         raise ConfigError(f"student {name} cannot be trained by IGAM, which needs double "
                           f"backward through it: {failure}")
