@@ -18,7 +18,10 @@ import torch
 import torch.nn as nn
 from e2e import FAST, REPO, STUDENT, run, synth
 
+import pgd_attack
+import run_attack
 from igam.errors import CheckpointError, ConfigError
+from igam.eval import visualize
 from igam.gradients import input_gradient, true_class_probability
 from igam.models import ExternalClassifier, Teacher, build_model
 from igam.run import engine, external, schemas
@@ -151,10 +154,11 @@ def test_missing_robustbench_weights_is_one_line_naming_the_path(tmp_path):
 
 
 @pytest.mark.slow
-def test_robustbench_teacher_for_cifar100_end_to_end(tmp_path):
+def test_robustbench_teacher_for_cifar100_end_to_end(tmp_path, monkeypatch):
     """Worked example (a) of docs/byo_teacher.md with its two configs: a RobustBench
     CIFAR-10 model from the local layout gets a CIFAR-100 head (finetune_teacher.py), IGAM
-    trains a student with it (train_igam.py), and the teacher reloads from its folder."""
+    trains a student with it (train_igam.py); the teacher reloads from its folder, for the
+    attack scripts and the input-gradient pictures too."""
     w = tmp_path
     synth("cifar100", w / "data/c100", "--n_train", "40", "--n_test", "20")
     save_robustbench_layout(w / "models/robustbench")
@@ -183,3 +187,13 @@ def test_robustbench_teacher_for_cifar100_end_to_end(tmp_path):
     records = [json.loads(x) for x in (sdir / "metrics.jsonl").read_text().splitlines()]
     assert "disc_xent" in records[-1] and records[-1]["l2"] > 0
     assert json.loads((sdir / "eval_clean.json").read_text())["n"] == 20
+    # the external teacher through the attack files and the pictures, from its folder alone
+    monkeypatch.chdir(w)  # in-process: the data root its checkpoint records is relative
+    for script in (pgd_attack, run_attack):
+        script.main(["--config", str(REPO / "configs/attack_fgsm.yaml"), "--device", "cpu",
+                     "--model_dir", str(tdir)])
+    assert json.loads((tdir / "eval_fgsm.json").read_text())["n"] == 20
+    visualize.main(["--teacher_dir", str(tdir), "--student_dir", str(sdir), "--device", "cpu",
+                    "--out", str(w / "grads.png"), "--picture.num_images", "4"])
+    (res,) = json.loads((w / "grads.json").read_text())["students"].values()
+    assert res["n"] + res["undefined"] == 20
