@@ -90,9 +90,9 @@ def check_teacher(section: Mapping[str, Any], key: str = "teacher") -> None:
     dataset, threat = section["robustbench_dataset"], section["threat_model"]
     if name not in known_names(dataset, threat) and not robustbench_available():
         raise ConfigError(
-            f"config key '{key}.model': without the robustbench package the port builds only "
-            f"these RobustBench {dataset} {threat} models: "
-            f"{', '.join(known_names(dataset, threat)) or 'none'} (docs/byo_teacher.md)")
+            f"config key '{key}.model': without an importable robustbench package the port "
+            f"builds only RobustBench's WideResNets, not {name!r} of {dataset} {threat} (the "
+            "names: docs/byo_teacher.md#robustbench)")
     file = robustbench_file(section)
     if not file.is_file():
         raise CheckpointError(

@@ -26,7 +26,13 @@ from igam.gradients import input_gradient, true_class_probability
 from igam.models import ExternalClassifier, Teacher, build_model
 from igam.run import engine, external, schemas
 from igam.run.checkpoint import load_checkpoint
-from igam.zoo import RobustBenchWideResNet, known_names, robustbench_model
+from igam.zoo import (
+    MODELS,
+    RobustBenchDMWideResNet,
+    RobustBenchWideResNet,
+    known_names,
+    robustbench_model,
+)
 
 TINY_RB = {"depth": 10, "widen_factor": 1}  # WRN-10-1: Carmon2019Unlabeled's module names
 MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
@@ -67,6 +73,13 @@ def test_input_gradient_of_a_01_model_is_the_chain_rule():
     torch.testing.assert_close(plain.adapt(x.float()), x.float())
 
 
+def test_the_names_built_without_the_package_are_documented():
+    page = (REPO / "docs/byo_teacher.md").read_text()
+    for (dataset, threat), names in MODELS.items():
+        for name in names:
+            assert f"`{name}`" in page, f"{dataset} {threat} {name} missing in byo_teacher.md"
+
+
 def test_robustbench_architecture_and_head():
     """The port's RobustBench WRN: the names it builds without the package, its head found
     as the last nn.Linear (``fc``), one-line errors for other names and a wrong head."""
@@ -75,8 +88,12 @@ def test_robustbench_architecture_and_head():
     assert isinstance(net, RobustBenchWideResNet) and hasattr(net, "sub_block1")
     assert net(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     with pytest.raises(ValueError, match="only with the robustbench package") as err:
-        robustbench_model("Gowal2020Uncovering_70_16")
-    assert "\n" not in str(err.value) and "Carmon2019Unlabeled" in str(err.value)
+        robustbench_model("Andriushchenko2020Understanding")  # a PreAct ResNet
+    assert "\n" not in str(err.value) and "igam.zoo.MODELS" in str(err.value)
+    dm = robustbench_model("Wang2023Better_WRN-28-10", "cifar100", depth=10, width=1)
+    assert isinstance(dm, RobustBenchDMWideResNet) and dm(torch.rand(2, 3, 32, 32)).shape == (
+        2, 100)
+    assert "mean" not in dm.state_dict()  # its normalisation is inside, not in the weights
     wrapped = ExternalClassifier(net, external.ROBUSTBENCH_FACTORY)
     assert wrapped.head_name == "fc" and wrapped.num_features == 64
     with pytest.raises(ValueError, match="not an nn.Linear"):
