@@ -24,6 +24,7 @@ from igam.errors import CheckpointError, ConfigError
 from igam.eval import visualize
 from igam.gradients import input_gradient, true_class_probability
 from igam.models import ExternalClassifier, Teacher, build_model
+from igam.ops import upresize
 from igam.run import engine, external, schemas
 from igam.run.checkpoint import load_checkpoint
 from igam.zoo import (
@@ -117,6 +118,21 @@ def test_external_teacher_rebuilds_from_its_arch():
     # teacher.bn 'running' holds in train mode too (the port's switch on nn.BatchNorm2d)
     copy.train()
     torch.testing.assert_close(copy(x), teacher(x))
+
+
+def test_upresize_and_a_named_head_for_any_teacher():
+    """An external source behind the teacher's upresize (32 -> 64, gradients back at 32x32),
+    its head named in the config instead of found."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, 2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 10))
+    source = ExternalClassifier(net, "test:none", head="6")
+    assert source.head_name == "6" and source.num_features == 6
+    seen = []
+    source.body.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[-1]))
+    teacher = Teacher.keeping_head(source, upresize_to=64, bn=None)
+    x, y = torch.rand(2, 3, 32, 32) * 255, torch.tensor([1, 9])
+    assert input_gradient(teacher, x, y).shape == (2, 3, 32, 32) and seen == [64]
+    torch.testing.assert_close(teacher(x), source(upresize(x, 64)))  # its own head kept
 
 
 def test_weights_files(tmp_path):
