@@ -5,7 +5,9 @@ Port of the original ``train_igam.py`` / ``train_igam_tinyimagenet2cifar_upresiz
 ResNet-18: docs/byo_teacher.md; trained on natural images only) minimises
 CE - beta * D_xent + gamma * sum (g_s - g_t)^2, while an input-gradient discriminator learns to
 tell its input gradients from the frozen teacher's. The first ``igam.steps_before_adv_opt``
-steps are plain classification training.
+steps are plain classification training. The teacher is a finetuned teacher's run folder
+(``teacher_dir``), or an external model whose classes are the target task's, used as it is
+(``teacher.model``: a factory's or RobustBench's; docs/byo_teacher.md).
 
     python train_igam.py --config configs/igam_tinyimagenet_to_cifar10.yaml
     torchrun --nproc_per_node 4 train_igam.py --config ...   # 4 GPUs (DDP)
