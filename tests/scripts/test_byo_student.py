@@ -24,7 +24,7 @@ from igam.errors import ConfigError
 from igam.eval import sanity, visualize
 from igam.gradients import double_backward_failure
 from igam.models import ExternalClassifier, build_model
-from igam.run import engine
+from igam.run import engine, external, schemas
 from igam.run.checkpoint import load_checkpoint
 from igam.zoo import robustbench_model
 
@@ -81,6 +81,16 @@ def test_torchvision_resnet18_double_backward_works():
     assert double_backward_failure(student, x, y) is None
     for k, v in student.state_dict().items():  # the check leaves the student as it was
         torch.testing.assert_close(v, before[k])
+
+
+def test_factory_student_takes_the_data_classes():
+    section = {**schemas.IGAM_SCHEMA.defaults["student"], "model": "torchvision.models:resnet18"}
+    student = external.build_student(section, 5, "cpu")
+    assert student.arch["kwargs"] == {"num_classes": 5} and student.num_classes == 5
+    with pytest.raises(ConfigError, match="predicts 7 classes"):
+        external.build_student({**section, "kwargs": {"num_classes": 7}}, 5, "cpu")
+    with pytest.raises(ConfigError, match="student.model.*cannot import"):
+        external.build_student({**section, "model": "no_such_package:net"}, 5, "cpu")
 
 
 def test_student_without_double_backward_fails_at_start_naming_the_layer(work, tmp_path):

@@ -18,9 +18,11 @@ import torch
 import torch.nn as nn
 from e2e import FAST, REPO, STUDENT, run, synth
 
+import finetune_teacher
 import pgd_attack
 import run_attack
 from igam import zoo
+from igam.data.synthetic import write_synthetic_cifar100
 from igam.errors import CheckpointError, ConfigError
 from igam.eval import visualize
 from igam.gradients import input_gradient, true_class_probability
@@ -173,9 +175,25 @@ def test_factory_teacher_checks(tmp_path):
     torch.testing.assert_close(model(x), net(x / 255))
 
 
+def test_missing_robustbench_weights_fail_before_any_work(tmp_path, monkeypatch):
+    """No file in the local layout: CheckpointError naming the path, before the device, data
+    or any model."""
+    write_synthetic_cifar100(tmp_path / "c100", n_train=10, n_test=10)
+    monkeypatch.setattr(engine, "setup", lambda *a, **k: pytest.fail("setup ran"))
+    with pytest.raises(CheckpointError) as err:
+        finetune_teacher.main(["--config",
+                               str(REPO / "configs/finetune_robustbench_to_cifar100.yaml"),
+                               "--data.root", str(tmp_path / "c100"),
+                               "--teacher.robustbench_dir", str(tmp_path / "rb"),
+                               "--model_dir", str(tmp_path / "teacher")])
+    assert str(tmp_path / "rb/cifar10/Linf/Carmon2019Unlabeled.pt") in str(err.value)
+    assert "\n" not in str(err.value) and not (tmp_path / "teacher").exists()
+
+
+@pytest.mark.slow
 def test_missing_robustbench_weights_is_one_line_naming_the_path(tmp_path):
-    """No file in the local layout: exit 2 at start with one line saying where to put it and
-    how RobustBench downloads it."""
+    """The same on the command line: exit 2 at start with one line saying where to put the
+    file and how RobustBench downloads it."""
     synth("cifar100", tmp_path / "c100", "--n_train", "10", "--n_test", "10")
     proc = run("finetune_teacher.py", "--config",
                str(REPO / "configs/finetune_robustbench_to_cifar100.yaml"), "--device", "cpu",
