@@ -22,7 +22,7 @@ import finetune_teacher
 import pgd_attack
 import run_attack
 from igam import zoo
-from igam.data.synthetic import write_synthetic_cifar100
+from igam.data.synthetic import write_synthetic_cifar10, write_synthetic_cifar100
 from igam.errors import CheckpointError, ConfigError
 from igam.eval import visualize
 from igam.gradients import input_gradient, true_class_probability
@@ -204,6 +204,29 @@ def test_missing_robustbench_weights_is_one_line_naming_the_path(tmp_path):
     assert str(Path("rb/cifar10/Linf/Carmon2019Unlabeled.pt")) in lines[0]
     assert "load_model('Carmon2019Unlabeled'" in lines[0]
     assert not (tmp_path / "models").exists()
+
+
+def test_factory_teacher_finetuned_to_the_target_task(tmp_path, monkeypatch):
+    """A factory teacher ([0, 1] inputs, its weights a checkpoint with a state_dict entry)
+    gets a new 10-class head on its frozen features; the saved teacher reloads and its source
+    is still the file's model."""
+    write_synthetic_cifar10(tmp_path / "c10", n_train=24, n_test=10)
+    net = robustbench_model("Standard", **TINY_RB)
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "w.pt")
+    monkeypatch.chdir(tmp_path)
+    finetune_teacher.main([*FAST, "--data.root", "c10", "--model_dir", "teacher",
+                           "--teacher.model", "igam.zoo:robustbench_model", "--teacher.kwargs",
+                           json.dumps({"name": "Standard", **TINY_RB}), "--teacher.weights",
+                           "w.pt", "--teacher.upresize_to", "0", "--teacher.bn", "running",
+                           "--finetune.steps", "2",
+                           "--finetune.batch_size", "8"])
+    teacher = engine.load_teacher("teacher", "cpu", "running")
+    assert teacher.num_classes == 10 and teacher.source.input_range == 1.0
+    net.eval()
+    teacher.eval()
+    x = torch.rand(2, 3, 32, 32) * 255
+    # running statistics (no recalibration): the source is the file's model, head included
+    torch.testing.assert_close(teacher.source(x), net(x / 255), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.slow
