@@ -21,6 +21,7 @@ from e2e import FAST, REPO, STUDENT, run, synth
 import finetune_teacher
 import pgd_attack
 import run_attack
+import train_igam
 from igam import zoo
 from igam.data.synthetic import write_synthetic_cifar10, write_synthetic_cifar100
 from igam.errors import CheckpointError, ConfigError
@@ -232,7 +233,8 @@ def test_factory_teacher_finetuned_to_the_target_task(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_robustbench_teacher_for_cifar100_end_to_end(tmp_path, monkeypatch):
     """Worked example (a) of docs/byo_teacher.md with its two configs: a RobustBench
-    CIFAR-10 model from the local layout gets a CIFAR-100 head (finetune_teacher.py), IGAM
+    CIFAR-10 model from the local layout gets a CIFAR-100 head (finetune_teacher.py's command
+    line), IGAM
     trains a student with it (train_igam.py); the teacher reloads from its folder, for the
     attack scripts and the input-gradient pictures too."""
     w = tmp_path
@@ -255,16 +257,16 @@ def test_robustbench_teacher_for_cifar100_end_to_end(tmp_path, monkeypatch):
     saved = external.read_state_dict(w / "models/robustbench/cifar10/Linf/"
                                           "Carmon2019Unlabeled.pt")
     torch.testing.assert_close(teacher.source.body.conv1.weight, saved["conv1.weight"])
-    run("train_igam.py", "--config", str(REPO / "configs/igam_robustbench_to_cifar100.yaml"),
-        *FAST, *STUDENT, "--data.root", "data/c100", "--train.steps", "2",
-        "--train.batch_size", "8", "--igam.steps_before_adv_opt", "0",
-        "--discriminator.num_conv_layers", "2", cwd=w)
+    monkeypatch.chdir(w)  # in-process from here (one torch import less each): paths as above
+    train_igam.main(["--config", str(REPO / "configs/igam_robustbench_to_cifar100.yaml"),
+                     *FAST, *STUDENT, "--data.root", "data/c100", "--train.steps", "2",
+                     "--train.batch_size", "8", "--igam.steps_before_adv_opt", "0",
+                     "--discriminator.num_conv_layers", "2"])
     sdir = w / "models/igam_robustbench_to_cifar100"
     records = [json.loads(x) for x in (sdir / "metrics.jsonl").read_text().splitlines()]
     assert "disc_xent" in records[-1] and records[-1]["l2"] > 0
     assert json.loads((sdir / "eval_clean.json").read_text())["n"] == 20
     # the external teacher through the attack files and the pictures, from its folder alone
-    monkeypatch.chdir(w)  # in-process: the data root its checkpoint records is relative
     for script in (pgd_attack, run_attack):
         script.main(["--config", str(REPO / "configs/attack_fgsm.yaml"), "--device", "cpu",
                      "--model_dir", str(tdir)])
