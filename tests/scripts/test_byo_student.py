@@ -109,12 +109,13 @@ def test_student_without_double_backward_fails_at_start_naming_the_layer(work, t
 def test_torchvision_student_through_igam_attacks_and_tools(work, monkeypatch):
     """train_igam.py (its command line) with a ResNet-18 student and the factory teacher;
     pgd_attack.py and run_attack.py (PGD, AutoAttack), the sanity checks and the input-gradient
-    pictures then need nothing but the run folder (in-process: one torch import less each)."""
+    pictures then need nothing but the run folder (in-process: one torch import less each);
+    the run resumes."""
     w = work
-    run("train_igam.py", *FAST, *TEACHER, "--teacher.weights", "teacher.pt",
-        "--teacher_bn", "running", "--data.root", "data/c10",
-        "--student.model", "torchvision.models:resnet18", "--model_dir", "models/igam",
-        "--train.steps", "4", *IGAM, cwd=w)
+    args = [*FAST, *TEACHER, "--teacher.weights", "teacher.pt", "--teacher_bn", "running",
+            "--data.root", "data/c10", "--student.model", "torchvision.models:resnet18",
+            "--model_dir", "models/igam", *IGAM]
+    run("train_igam.py", *args, "--train.steps", "4", cwd=w)
     ckpt = load_checkpoint(w / "models/igam")
     assert ckpt["arch"] == {"type": "external", "factory": "torchvision.models:resnet18",
                             "kwargs": {"num_classes": 10}, "input_range": 1.0, "mean": None,
@@ -159,3 +160,7 @@ def test_torchvision_student_through_igam_attacks_and_tools(work, monkeypatch):
     (res,) = json.loads(out.with_suffix(".json").read_text())["students"].values()
     assert out.is_file() and res["n"] + res["undefined"] == 8  # 4 steps: saturated softmax
     assert res["n"] == 0 or res["mean_cosine"] == pytest.approx(1.0, abs=1e-6)
+
+    # the run continues from its checkpoint: the factory student rebuilt, its state restored
+    train_igam.main([*args, "--resume", "--train.steps", "5"])
+    assert load_checkpoint(w / "models/igam")["step"] == 5
