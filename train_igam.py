@@ -1,10 +1,13 @@
 """Step 3 - IGAM: train a student whose input gradients look like the robust teacher's.
 
 Port of the original ``train_igam.py`` / ``train_igam_tinyimagenet2cifar_upresize.py``
-(original.md §4): the student (WideResNet, trained on natural images only) minimises
+(original.md §4): the student (WideResNet, or a factory's model such as torchvision's
+ResNet-18: docs/byo_teacher.md; trained on natural images only) minimises
 CE - beta * D_xent + gamma * sum (g_s - g_t)^2, while an input-gradient discriminator learns to
 tell its input gradients from the frozen teacher's. The first ``igam.steps_before_adv_opt``
-steps are plain classification training.
+steps are plain classification training. The teacher is a finetuned teacher's run folder
+(``teacher_dir``), or an external model whose classes are the target task's, used as it is
+(``teacher.model``: a factory's or RobustBench's; docs/byo_teacher.md).
 
     python train_igam.py --config configs/igam_tinyimagenet_to_cifar10.yaml
     torchrun --nproc_per_node 4 train_igam.py --config ...   # 4 GPUs (DDP)
@@ -25,7 +28,7 @@ import torch
 from igam.data import TrainBatches
 from igam.models import InputGradientDiscriminator, WideResNet
 from igam.objective import IGAMSettings, IGAMTrainer
-from igam.run import distributed, engine, preflight, schemas
+from igam.run import distributed, engine, external, preflight, schemas
 from igam.run.cli import run_main
 from igam.run.config import load_config
 from igam.run.rundir import prepare_run_dir
@@ -33,19 +36,31 @@ from igam.run.rundir import prepare_run_dir
 
 def main(argv=None):
     cfg = load_config(schemas.IGAM_SCHEMA, argv, prog="train_igam.py", description=__doc__)
+    port = external.kind(cfg["teacher"]) == "port"  # else an external model, not finetuned
     # fail at second 0, before data and models
-    preflight.check_start(cfg, run_dir=True, checkpoints=("teacher_dir",), data=True)
+    preflight.check_start(cfg, run_dir=True, checkpoints=("teacher_dir",) if port else (),
+                          data=True)
+    external.check_teacher(cfg["teacher"])
     device = engine.setup(cfg, data_parallel=True)
     train, test = engine.load_train_test(cfg)
-    teacher = engine.load_teacher(cfg["teacher_dir"], device, cfg["teacher_bn"], cfg["data"])
-    engine.check_classes(teacher, train, cfg["teacher_dir"])
+    if port:
+        teacher = engine.load_teacher(cfg["teacher_dir"], device, cfg["teacher_bn"], cfg["data"])
+        engine.check_classes(teacher, train, cfg["teacher_dir"])
+    else:
+        teacher = engine.load_external_teacher(cfg["teacher"], device, cfg["teacher_bn"])
+        engine.check_classes(teacher, train, cfg["teacher"]["model"])
+
+    s, d, g, t = cfg["student"], cfg["discriminator"], cfg["igam"], cfg["train"]
+    student = None
+    if s["model"]:  # a factory's student (docs/byo_teacher.md): can IGAM differentiate it twice?
+        student = external.build_student(s, train.num_classes, device)
+        engine.check_double_backward(student, train, device, s["model"])
     run = distributed.on_main(prepare_run_dir, cfg["model_dir"], cfg, cfg["resume"],
                               cfg["overwrite"])
     info = distributed.info()
-
-    s, d, g, t = cfg["student"], cfg["discriminator"], cfg["igam"], cfg["train"]
-    student = WideResNet(train.num_classes, s["widths"], s["units_per_stage"],
-                         s["standardization"]).to(device)
+    if student is None:
+        student = WideResNet(train.num_classes, s["widths"], s["units_per_stage"],
+                             s["standardization"]).to(device)
     disc = InputGradientDiscriminator.from_config(d, train.image_size,
                                                   s["standardization"]).to(device)
     settings = IGAMSettings.from_config(cfg)

@@ -7,7 +7,7 @@ of its inputs. Files keep the original's formats (adversarial examples: float32 
 
 Layout by role (docs/layout.md); imports point down, from the tools to the method:
 
-* the method, at the top of the package: ``models``, ``objective`` (the IGAM loss),
+* the method, at the top of the package: ``models`` (and ``zoo``), ``objective`` (the IGAM loss),
   ``gradients``, ``attacks``, ``training``, ``optim``, ``ops``, ``data/`` (and ``errors``,
   shared by all). It imports nothing from the three folders below.
 * ``igam.run`` - the run machinery of the entry scripts: config and schemas, engine (setup,
@@ -30,7 +30,14 @@ igam.models
                only_fully_connected=False, num_fc_layers=3, avg_pool=False,
                standardization='zero_mean_l2'); .from_config(section, image_size, student_std)
                                                       (g_s, g_t) each (B,3,S,S) -> (2B,2) logits
+    ExternalClassifier(model, factory, kwargs, input_range=1, mean=None, std=None, head=None)
+                                                      any model -> [0,255] pixels in, logits
+                                                      out; .features(x), .fc (its head)
+    ExternalClassifier.from_factory('package.module:function', kwargs, **adapter)
     build_model(arch) -> nn.Module                    rebuild from a checkpoint's ``arch`` dict
+igam.zoo
+    robustbench_model(name, dataset='cifar10', threat_model='Linf', **overrides)
+                                                      RobustBench architecture ([0,1] inputs)
 igam.ops
     lrelu, l2_normalize, standardize(x, 'per_image'|'zero_mean_l2'|'l2'), Conv2dSame,
     upresize(x (B,C,H,W), size) -> (B,C,size,size)   TF1 legacy bilinear, differentiable
@@ -40,6 +47,7 @@ igam.ops
 igam.gradients
     input_gradient(model, x, y, create_graph=False) -> (B,3,H,W)   d sum softmax[y] / dx
     cosine_per_example(g_a, g_b) -> (B,) float64      NaN where a gradient is exactly zero
+    double_backward_failure(model, x, y) -> str | None  why IGAM cannot train it (the layer)
 igam.objective
     student_loss(student, discriminator, x, y, g_teacher, beta, gamma) -> dict of tensors
     IGAMSettings(...), IGAMTrainer(student, teacher, discriminator, settings).step(x, y)
@@ -81,6 +89,9 @@ the step reached, print the command that continues, exit 128 + signal), igam.run
     range), save_checkpoint / load_checkpoint (atomic, weights_only), seed_everything,
     resolve_device, MetricsLogger, engine.fit / Checkpointer, engine.save_input_gradients
     (float32 NHWC .npy of a whole dataset)
+igam.run.external
+    check_teacher(section), load_teacher_source(section, device), build_student(section, k,
+    device): factory / RobustBench teachers and factory students (docs/byo_teacher.md)
 igam.run.distributed / igam.run.precision
     torchrun/DDP helpers (init, wrap, is_main, rank_seed); Precision(autocast='none'|
     'bf16', channels_last, compile) for adversarial training, attacks and evaluation

@@ -68,3 +68,86 @@ def cosine_per_example(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     na, nb = a.norm(dim=1), b.norm(dim=1)
     cos = (a * b).sum(dim=1) / (na * nb)
     return torch.where((na > 0) & (nb > 0), cos.clamp(-1.0, 1.0), torch.nan)
+
+
+def _second_order(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """The derivatives IGAM takes through a student: d/dparams of a function of its input
+    gradient (``create_graph=True``). RuntimeError if autograd cannot."""
+    x = x.detach().clone().requires_grad_(True)
+    logits = model(x)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    first = torch.autograd.grad(logits.sum(), params, retain_graph=True, allow_unused=True)
+    g = input_gradient_from_logits(logits, x, y, create_graph=True)
+    if not g.requires_grad:
+        raise RuntimeError("the input gradient does not depend on the parameters (a backward "
+                           "that is not differentiable)")
+    second = torch.autograd.grad(g.pow(2).sum(), params, allow_unused=True)
+    lost = [n for (n, _), a, b in zip(named, first, second) if a is not None and b is None]
+    if lost:
+        raise RuntimeError(f"the input gradient does not depend on {lost[0]} although the "
+                           "logits do (a backward that is not differentiable)")
+
+
+def _layer_second_order(module: nn.Module, inputs: tuple) -> None:
+    """Double backward through ``module`` alone, at (copies of) the inputs it saw: every
+    input or parameter with a gradient must get a second-order one."""
+    ins = [t.detach().clone().requires_grad_(True) * 1.0
+           if torch.is_tensor(t) and t.is_floating_point() else t for t in inputs]
+    out = module(*ins)
+    wrt = [t for t in ins if torch.is_tensor(t) and t.requires_grad]
+    wrt += [p for p in module.parameters() if p.requires_grad]
+    if not (torch.is_tensor(out) and out.requires_grad and wrt):
+        return
+    first = torch.autograd.grad(out.pow(2).sum(), wrt, create_graph=True, allow_unused=True)
+    used = [(w, g) for w, g in zip(wrt, first) if g is not None]
+    if not used:
+        return
+    if not any(g.requires_grad for _, g in used):
+        raise RuntimeError("its backward is not differentiable")
+    second = torch.autograd.grad(sum(g.pow(2).sum() for _, g in used if g.requires_grad),
+                                 [w for w, _ in used], allow_unused=True)
+    if any(s is None for s in second):
+        raise RuntimeError("its backward is not differentiable (double backward gives no "
+                           "gradient)")
+
+
+def double_backward_failure(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> str | None:
+    """Why IGAM cannot train ``model`` as a student, or None if it can.
+
+    IGAM differentiates the student's input gradient w.r.t. its parameters (double backward,
+    ``create_graph=True``). This runs that once on (x, y) (a tiny batch; the model in train
+    mode; parameters, buffers and modes are left as found) and, if autograd fails, runs it
+    through each submodule alone, innermost first in forward order, to name the first one that
+    fails, e.g. an in-place op on a tensor its backward needs or a custom
+    ``torch.autograd.Function`` without double backward (``@once_differentiable``).
+    Returns one line: ``layer <name> (<Class>): <autograd's first line>``.
+    """
+    from igam.ops import model_mode
+
+    with model_mode(model, "train"), torch.enable_grad():
+        try:
+            _second_order(model, x, y)
+            return None
+        except RuntimeError as exc:
+            whole = str(exc).strip().splitlines()[0]
+        seen: dict[nn.Module, tuple] = {}
+        names = {m: n for n, m in model.named_modules() if n}
+
+        def record(module, inputs, output):
+            seen.setdefault(module, inputs)
+
+        hooks = [m.register_forward_hook(record) for m in names]
+        try:
+            with torch.no_grad():
+                model(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        for module, inputs in seen.items():  # forward hooks fire innermost first
+            try:
+                _layer_second_order(module, inputs)
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()[0]
+                return f"layer {names[module]} ({type(module).__name__}): {first}"
+    return f"{whole} (no single layer fails alone)"

@@ -1,8 +1,11 @@
 """The networks of IGAM: the Madry WideResNet, the teacher with a new head, and the
-input-gradient discriminator (original.md §2-4).
+input-gradient discriminator (original.md §2-4); and :class:`ExternalClassifier`, which adapts
+a classifier of any other architecture (a factory's, RobustBench's) to the port's conventions
+(docs/byo_teacher.md).
 
 All classifiers take NCHW float images with pixels in [0, 255] and return logits; the
-standardisation of the original is the first step of ``forward``.
+standardisation of the original (or an external model's input scaling) is the first step of
+``forward``, so input gradients are always taken w.r.t. [0, 255] pixels.
 
 Every module carries ``arch``: a plain dict that :func:`build_model` turns back into an
 identical (freshly initialised) module. Checkpoints store it, so a model can be rebuilt from its
@@ -12,6 +15,8 @@ checkpoint alone.
 from __future__ import annotations
 
 import copy
+import importlib
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -23,6 +28,7 @@ from igam.ops import (
     BatchNorm1d,
     BatchNorm2d,
     Conv2dSame,
+    add_stats_switch,
     linear_init_,
     lrelu,
     set_bn_stats,
@@ -137,12 +143,142 @@ class WideResNet(nn.Module):
         return self.fc(self.features(x))
 
 
+def import_factory(spec: str) -> Callable[..., nn.Module]:
+    """The callable named ``package.module:function`` (``function`` may be dotted, e.g.
+    ``module:Class.build``). ValueError (one line) if it cannot be imported."""
+    module_name, sep, name = spec.partition(":")
+    if not sep or not module_name or not name:
+        raise ValueError(f"factory {spec!r} must be written package.module:function")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"factory {spec!r}: cannot import {module_name} ({exc})") from None
+    for part in name.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"factory {spec!r}: {module_name} has no {name}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"factory {spec!r} is not callable")
+    return obj
+
+
+def find_head(model: nn.Module, name: str | None = None) -> str:
+    """Dotted name of the classification head of ``model``: ``name`` if given (it must be an
+    ``nn.Linear``), else the last ``nn.Linear`` in ``model.modules()`` order. ValueError (one
+    line) if there is none."""
+    if name:
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"the model has no layer named {name!r} (the head)") from None
+        if not isinstance(layer, nn.Linear):
+            raise ValueError(f"the head {name!r} is a {type(layer).__name__}, not an nn.Linear")
+        return name
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear to use as its head; name "
+                         "the head layer")
+    return linears[-1]
+
+
+class ExternalClassifier(nn.Module):
+    """A classifier of any architecture, adapted to the port's conventions: it takes pixels in
+    [0, 255] and returns logits, like :class:`WideResNet`, and may be a :class:`Teacher`'s source
+    (``features``, ``fc``, ``num_features``) or an IGAM student.
+
+    ``forward(x) = fc(body(adapt(x)))`` with ``adapt(x) = (x * input_range / 255 - mean) / std``
+    (mean/std per channel on the [0, input_range] scale, when given; RobustBench's and most
+    torchvision-style models take [0, 1] with their normalisation inside, so input_range 1 and
+    no mean/std). Autograd goes through ``adapt``, so the input gradient of this module is the
+    wrapped model's times ``input_range / 255 / std``: it is w.r.t. [0, 255] pixels, the scale
+    of the port's own models. Plain ``nn.BatchNorm1d/2d`` layers get the port's ``stats``
+    switch (:func:`igam.ops.add_stats_switch`), so teacher BatchNorm modes work as for the port.
+
+    Args:
+        model: the module, x (B, 3, H, W) in [0, input_range] -> logits (B, K); its head (see
+            ``head``) must be its last operation (logits = head(features)). Its head is taken
+            out (replaced by ``nn.Identity``) and kept as ``fc``, so ``body`` gives features.
+        factory: ``package.module:function`` that built ``model`` (called with ``kwargs``);
+            recorded in ``arch`` so :func:`build_model` rebuilds the module.
+        kwargs: keyword arguments of the factory (JSON-like values).
+        input_range: 255 or 1 (any > 0): the pixel range the model takes.
+        mean, std: 3 floats each, or None (the model normalises itself).
+        head: dotted name of the head ``nn.Linear``; None = the last ``nn.Linear``.
+
+    State-dict keys: ``body.<the model's keys without the head>``, ``fc.weight``, ``fc.bias``.
+    """
+
+    def __init__(self, model: nn.Module, factory: str, kwargs: dict | None = None,
+                 input_range: float = 1.0, mean=None, std=None, head: str | None = None):
+        super().__init__()
+        if not input_range > 0:
+            raise ValueError(f"input_range must be > 0, got {input_range}")
+        for what, v in (("mean", mean), ("std", std)):
+            if v is not None and len(v) != 3:
+                raise ValueError(f"{what} must have 3 entries (one per channel), got {v}")
+        if std is not None and min(std) <= 0:
+            raise ValueError(f"std must be positive, got {std}")
+        self.head_name = find_head(model, head)
+        self.fc = model.get_submodule(self.head_name)
+        parent, _, leaf = self.head_name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, nn.Identity())
+        add_stats_switch(model)
+        self.body = model
+        self.factory, self.kwargs = factory, copy.deepcopy(dict(kwargs or {}))
+        self.input_range = float(input_range)
+        self.mean = None if mean is None else [float(v) for v in mean]
+        self.std = None if std is None else [float(v) for v in std]
+
+    @property
+    def arch(self) -> dict:
+        return {"type": "external", "factory": self.factory, "kwargs": copy.deepcopy(self.kwargs),
+                "input_range": self.input_range, "mean": self.mean, "std": self.std,
+                "head": self.head_name}
+
+    @classmethod
+    def from_factory(cls, factory: str, kwargs: dict | None = None,
+                     **adapter) -> ExternalClassifier:
+        """Build the model with ``import_factory(factory)(**kwargs)`` and adapt it."""
+        model = import_factory(factory)(**(kwargs or {}))
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"factory {factory!r} returned a {type(model).__name__}, not an "
+                             "nn.Module")
+        return cls(model, factory, kwargs, **adapter)
+
+    @property
+    def num_features(self) -> int:
+        return self.fc.in_features
+
+    @property
+    def num_classes(self) -> int:
+        return self.fc.out_features
+
+    def adapt(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 255] (B, 3, H, W) -> the wrapped model's input."""
+        x = x * (self.input_range / 255.0)
+        if self.mean is not None:
+            x = x - x.new_tensor(self.mean).view(1, -1, 1, 1)
+        if self.std is not None:
+            x = x / x.new_tensor(self.std).view(1, -1, 1, 1)
+        return x
+
+    def features(self, x: torch.Tensor, standardization: str | None = None) -> torch.Tensor:
+        """The head's input (B, num_features) for images (B, 3, H, W) in [0, 255]."""
+        if standardization is not None:
+            raise ValueError("the port's standardisations apply to its WideResNets only; an "
+                             "external model is adapted by input_range / mean / std")
+        return self.body(self.adapt(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
 class Teacher(nn.Module):
     """A robust source WideResNet with a new head for the target task (original.md §3).
 
     Args:
-        source: the (adversarially trained) source-task WideResNet; its ``fc`` stays the
-            source head.
+        source: the (adversarially trained) source-task WideResNet, or an
+            :class:`ExternalClassifier` (any robust model); its ``fc`` stays the source head.
         num_target_classes: size of the new head ``target_head`` (TF ``target_task_logit``).
         upresize_to: if set (e.g. 64 for TinyImageNet -> CIFAR-10), target images are resized
             to this size with TF1 legacy bilinear (:func:`igam.ops.upresize`) before the source
@@ -157,16 +293,31 @@ class Teacher(nn.Module):
     x is (B, 3, H, W) float in [0, 255].
     """
 
-    def __init__(self, source: WideResNet, num_target_classes: int, upresize_to: int | None = None,
-                 standardization: str | None = None, bn: str | None = "batch"):
+    def __init__(self, source: WideResNet | ExternalClassifier, num_target_classes: int,
+                 upresize_to: int | None = None, standardization: str | None = None,
+                 bn: str | None = "batch"):
         super().__init__()
         if standardization is not None and standardization not in STANDARDIZATIONS:
             raise ValueError(f"standardization must be one of {STANDARDIZATIONS}")
+        if standardization is not None and not isinstance(source, WideResNet):
+            raise ValueError("teacher standardization applies to a WideResNet source only")
         self.source = source
         self.target_head = linear_init_(nn.Linear(source.num_features, num_target_classes))
         self.upresize_to = upresize_to
         self.standardization = standardization
         self.set_bn(bn)
+
+    @classmethod
+    def keeping_head(cls, source: WideResNet | ExternalClassifier,
+                     upresize_to: int | None = None, bn: str | None = "batch") -> Teacher:
+        """A teacher whose target head is a copy of the source's own head: for a source whose
+        classes are already the target task's (no finetuning)."""
+        teacher = cls(source, source.num_classes, upresize_to, None, bn)
+        with torch.no_grad():
+            teacher.target_head.weight.copy_(source.fc.weight)
+            if source.fc.bias is not None:
+                teacher.target_head.bias.copy_(source.fc.bias)
+        return teacher
 
     @property
     def arch(self) -> dict:
@@ -315,6 +466,8 @@ def build_model(arch: dict) -> nn.Module:
             return Teacher(source, **a)
         if kind == "discriminator":
             return InputGradientDiscriminator(**a)
+        if kind == "external":
+            return ExternalClassifier.from_factory(a.pop("factory"), a.pop("kwargs"), **a)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"cannot build a model from arch {arch!r}: {exc}") from None
     raise CheckpointError(f"unknown model type {arch.get('type')!r} in arch {arch!r}")

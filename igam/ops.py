@@ -199,6 +199,38 @@ class BatchNorm1d(_StatsSwitch, nn.BatchNorm1d):
         super().__init__(num_features, eps=BN_EPS, momentum=BN_MOMENTUM)
 
 
+class _SwitchedBatchNorm1d(_StatsSwitch, nn.BatchNorm1d):
+    """An ``nn.BatchNorm1d`` of an external model, given the ``stats`` switch (its own eps and
+    momentum kept)."""
+
+
+class _SwitchedBatchNorm2d(_StatsSwitch, nn.BatchNorm2d):
+    """An ``nn.BatchNorm2d`` of an external model, given the ``stats`` switch (its own eps and
+    momentum kept)."""
+
+
+def add_stats_switch(module: nn.Module) -> int:
+    """Give every plain ``nn.BatchNorm1d`` / ``nn.BatchNorm2d`` (with running statistics) inside
+    an external ``module`` the ``stats`` switch of the port's BatchNorms, in place: same
+    parameters, buffers and state-dict keys, same outputs while the switch is None; so
+    :func:`set_bn_stats`, :func:`frozen_bn_stats` and :func:`model_mode` treat the module as
+    one of the port's (a teacher's ``bn: batch``, input gradients saved without touching its
+    running statistics). Returns the number of layers switched."""
+    n = 0
+    for m in module.modules():
+        if not getattr(m, "track_running_stats", False):
+            continue
+        if type(m) is nn.BatchNorm2d:
+            m.__class__ = _SwitchedBatchNorm2d
+        elif type(m) is nn.BatchNorm1d:
+            m.__class__ = _SwitchedBatchNorm1d
+        else:
+            continue
+        m.stats = None
+        n += 1
+    return n
+
+
 def set_bn_stats(module: nn.Module, stats: str | None) -> None:
     """Set the statistics switch of every igam BatchNorm inside ``module`` (see _StatsSwitch)."""
     for m in module.modules():

@@ -97,7 +97,7 @@ class HeadFinetuner:
 
     def __init__(self, teacher: nn.Module, lr: float = 1e-3, whole_model: bool = False,
                  weight_decay: float = 2e-4, wrap=None):
-        if whole_model:
+        if whole_model and teacher.source.fc.bias is not None:
             teacher.source.fc.bias.requires_grad_(False)
         else:
             teacher.freeze_source()

@@ -1,6 +1,6 @@
 """pyproject.toml makes the checkout an installable package (``pip install -e .``): igam and
 every sub-package, with the runtime dependencies of requirements.txt and the optional extras
-of requirements-autoattack.txt / requirements-dev.txt."""
+of requirements-autoattack.txt / requirements-robustbench.txt / requirements-dev.txt."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ def test_pyproject_declares_the_package_and_its_requirements():
     assert meta["optional-dependencies"]["autoattack"] == _requirements(
         "requirements-autoattack.txt")
     assert meta["optional-dependencies"]["dev"] == _requirements("requirements-dev.txt")
+    assert meta["optional-dependencies"]["robustbench"] == _requirements(
+        "requirements-robustbench.txt")
     assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["igam*"]
 
 

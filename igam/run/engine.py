@@ -27,10 +27,10 @@ from igam.data import (
     select_classes,
 )
 from igam.errors import CheckpointError, ConfigError
-from igam.gradients import input_gradient
-from igam.models import Teacher, build_model
+from igam.gradients import double_backward_failure, input_gradient
+from igam.models import ExternalClassifier, Teacher, build_model
 from igam.ops import frozen_bn_stats, model_mode, unwrap
-from igam.run import distributed, tboard
+from igam.run import distributed, external, tboard
 from igam.run.checkpoint import (
     check_format,
     checkpoint_path,
@@ -234,6 +234,31 @@ def load_teacher(path: str | Path, device, bn: str,
         p.requires_grad_(False)
     model.set_bn(bn)
     return model
+
+
+def load_external_teacher(section: Mapping[str, Any], device, bn: str) -> Teacher:
+    """An external model (``teacher.model`` of train_igam.py: a factory's or RobustBench's,
+    igam.run.external) as the frozen teacher without finetuning: its own head is the target
+    head (its classes must be the target task's), ``teacher.upresize_to`` applies, BatchNorm
+    as ``bn``."""
+    source = external.load_teacher_source(section, device)
+    teacher = Teacher.keeping_head(source, section["upresize_to"] or None, bn).to(device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def check_double_backward(student: nn.Module, train, device, name: str) -> None:
+    """ConfigError (one line, naming the layer) unless IGAM can differentiate the student's
+    input gradient w.r.t. its parameters, tried on the first 2 training images
+    (:func:`igam.gradients.double_backward_failure`; the student is left unchanged)."""
+    x, y = next(iter(eval_batches(train.subset(np.arange(min(2, len(train)))), 2, device)))
+    failure = double_backward_failure(student, x, y)
+    if failure and isinstance(student, ExternalClassifier):  # the layer's name in the user's model
+        failure = failure.replace("layer body.", "layer ", 1)
+    if failure:
+        raise ConfigError(f"student {name} cannot be trained by IGAM, which needs double "
+                          f"backward through it: {failure}")
 
 
 def scalars(metrics: Mapping[str, Any]) -> dict[str, float]:

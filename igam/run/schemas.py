@@ -115,6 +115,36 @@ _WRN = {
                                            "per_image)", choices=_STD),
 }
 
+# Models of other architectures (igam.run.external; docs/byo_teacher.md)
+_ADAPTER = {
+    "kwargs": Key({}, "keyword arguments of the factory (robustbench: overrides of the "
+                      "architecture's arguments, e.g. a tiny depth / widen_factor)"),
+    "input_range": Key(0.0, "pixel range the model takes: 1 ([0, 1]) or 255; 0 = 1, as "
+                            "RobustBench's and torchvision's models (the port's take [0, 255])",
+                       range=">= 0"),
+    "mean": Key([], "per-channel mean subtracted on the [0, input_range] scale, 3 values; [] = "
+                    "none (the model normalises itself)"),
+    "std": Key([], "per-channel std (> 0) divided by after the mean, 3 values; [] = none"),
+    "head": Key("", 'the head layer (dotted module name of an nn.Linear, the last operation); "" '
+                    "= the model's last nn.Linear"),
+}
+_EXTERNAL_TEACHER = {
+    **_ADAPTER,
+    "weights": Key("", "weights file of a factory teacher: a state dict, or a checkpoint with "
+                       "one under state_dict or model"),
+    "trust_weights": Key(False, "read the weights with torch.load(weights_only=False), which "
+                                "runs pickled code: only for files you trust"),
+    "robustbench_dir": Key("models/robustbench", "RobustBench's model_dir: the weights of "
+                                                 "robustbench:<name> are read from "
+                                                 "<dir>/<dataset>/<threat_model>/<name>.pt"),
+    "robustbench_dataset": Key("cifar10", "the dataset of the RobustBench model (its leaderboard)",
+                               choices=("cifar10", "cifar100", "imagenet")),
+    "threat_model": Key("Linf", "the threat model of the RobustBench model (its leaderboard)",
+                        choices=("Linf", "L2", "corruptions")),
+}
+_TEACHER_MODEL_HELP = ("package.module:function (a factory: kwargs, weights) or "
+                       "robustbench:<name> (local weights); docs/byo_teacher.md")
+
 # SGD with the original's piecewise-constant learning rate (original.md §4, §5)
 _STEPS = Key(320000, "SGD steps (the original's train_steps)", range=">= 1", resumable=True)
 _BATCH = Key(32, "training batch per process (torchrun: global batch = N x this)", range=">= 1")
@@ -226,10 +256,14 @@ FINETUNE_SCHEMA = Schema({
                                                             "checkpoint)"),
     "data": _train_data("cifar10", "datasets/cifar10", "the target task"),
     "teacher": {
+        "model": Key("", 'the robust source model: "" = the run folder source_model_dir; '
+                         + _TEACHER_MODEL_HELP),
+        **_EXTERNAL_TEACHER,
         "upresize_to": Key(64, "resize the target images to this size with TF1 bilinear "
                                "(0: no resize; original.md §3)", range=">= 0"),
-        "standardization": Key("l2", "input standardisation of the teacher; source keeps the "
-                                     "source model's own (original.md §3)",
+        "standardization": Key("l2", "input standardisation of the teacher (a port "
+                                     "WideResNet source only); source keeps the source model's "
+                                     "own (original.md §3)",
                                choices=_STD + ("source",)),
         "bn": _TEACHER_BN,
     },
@@ -270,11 +304,26 @@ IGAM_SCHEMA = Schema({
     "teacher_dir": Key("models/teacher_tinyimagenet_to_cifar10",
                        "run folder of the finetuned teacher (step 2)"),
     "teacher_bn": _TEACHER_BN,
+    # an external model used as the teacher as it is (its classes are the target task's)
+    "teacher": {
+        "model": Key("", '"" = the teacher in teacher_dir; or a model of the target classes, '
+                         "not finetuned: " + _TEACHER_MODEL_HELP),
+        **_EXTERNAL_TEACHER,
+        "upresize_to": Key(0, "external teacher: resize the images to this size with TF1 "
+                              "bilinear (0: no resize; original.md §3)", range=">= 0"),
+    },
     "data": {**_train_data("cifar10", "datasets/cifar10", "the target task (the teacher's)"),
              "classes": replace(_CLASSES["classes"], help=_CLASSES["classes"].help
                                 + "; the teacher's subset")},
-    # the student WideResNet, trained on natural images only
-    "student": dict(_WRN),
+    # the student, trained on natural images only: the WideResNet, or a factory's model
+    "student": {
+        "model": Key("", '"" = the port\'s WideResNet (widths, units_per_stage, '
+                         "standardization); or package.module:function, e.g. "
+                         "torchvision.models:resnet18 (num_classes set from the data); "
+                         "docs/byo_teacher.md"),
+        **_WRN,
+        **_ADAPTER,
+    },
     # input-gradient discriminator, student label 0, teacher label 1 (igam/models.py)
     "discriminator": {
         **{name: Key(default, _DISC_HELP[name][0], range=_DISC_HELP[name][1])
