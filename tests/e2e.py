@@ -46,10 +46,13 @@ def call(script: str, *args: str, cwd: Path, check: bool = True) -> subprocess.C
     with ``cwd``, ``sys.argv``, stdout / stderr (captured, not a terminal) and Python warnings
     as in a subprocess. Another exception becomes exit code 1 with its traceback on stderr, as
     an uncaught one in a process. Global state the scripts set (seeds, TF32 flags) is theirs
-    to set on every run; the cwd, argv, warning filters, torch's thread count and the signal
-    handlers are put back."""
+    to set on every run; the cwd, argv, warning filters, the random, numpy and torch global
+    random states (a test drawing from them after a call sees what it would have seen), the
+    TF32 flags, torch's thread count and the signal handlers are put back."""
+    import random
     import signal
 
+    import numpy as np
     import torch
 
     from igam.run import distributed
@@ -62,6 +65,8 @@ def call(script: str, *args: str, cwd: Path, check: bool = True) -> subprocess.C
     out, err = io.StringIO(), io.StringIO()
     old_cwd, old_argv, threads = os.getcwd(), sys.argv, torch.get_num_threads()
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    rng = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     code = 0
     try:
         os.chdir(cwd)
@@ -80,6 +85,10 @@ def call(script: str, *args: str, cwd: Path, check: bool = True) -> subprocess.C
         os.chdir(old_cwd)
         sys.argv = old_argv
         torch.set_num_threads(threads)
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])
+        torch.set_rng_state(rng[2])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
         for s, handler in handlers.items():
             signal.signal(s, handler)
     proc = subprocess.CompletedProcess([sys.executable, str(REPO / script), *argv], code,
