@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from e2e import REPO, attack_file, run, synth
+from e2e import REPO, attack_file, call, run, synth
 
 from igam.errors import ConfigError, MissingDependencyError
 from igam.eval import autoattack
@@ -27,19 +27,19 @@ def trained(tmp_path_factory):
     """A tiny CIFAR-10 classifier trained (plainly) for 60 steps on synthetic data."""
     w = tmp_path_factory.mktemp("autoattack")
     synth("cifar10", w / "data/c10", "--n_train", "200", "--n_test", "40")
-    run("train_advtrain_tinyimagenet.py", "--config", str(REPO / "configs/advtrain_cifar10.yaml"),
-        "--device", "cpu", "--model.widths", "4,4,8,16", "--model.units_per_stage", "1",
-        "--data.root", "data/c10", "--model_dir", "models/c10", "--train.steps", "60",
-        "--train.batch_size", "16", "--train.steps_before_adv_training", "60",
-        "--log_every", "30", "--eval.batch_size", "40", cwd=w)
+    call("train_advtrain_tinyimagenet.py", "--config", str(REPO / "configs/advtrain_cifar10.yaml"),
+         "--device", "cpu", "--model.widths", "4,4,8,16", "--model.units_per_stage", "1",
+         "--data.root", "data/c10", "--model_dir", "models/c10", "--train.steps", "60",
+         "--train.batch_size", "16", "--train.steps_before_adv_training", "60",
+         "--log_every", "30", "--eval.batch_size", "40", cwd=w)
     return w
 
 
 @pytest.mark.slow
 def test_autoattack_end_to_end_then_run_attack(trained):
     w = trained
-    run("pgd_attack.py", "--config", CONFIG, "--device", "cpu", "--model_dir", "models/c10",
-        *REDUCED, cwd=w)
+    call("pgd_attack.py", "--config", CONFIG, "--device", "cpu", "--model_dir", "models/c10",
+         *REDUCED, cwd=w)
     npy = attack_file(w, "models/c10", "autoattack")
     adv = np.load(npy)
     assert adv.shape == (24, 32, 32, 3) and adv.dtype == np.float32
@@ -59,8 +59,8 @@ def test_autoattack_end_to_end_then_run_attack(trained):
     assert rep["settings"]["eps"] == 8.0 and rep["settings"]["norm"] == "Linf"
     assert rep["seconds"]["total"] > 0 and set(rep["seconds"]) >= {"apgd-ce", "square"}
     assert isinstance(rep["flags"], list) and rep["pyautoattack"] == "0.2.0"
-    proc = run("run_attack.py", "--config", CONFIG, "--device", "cpu", "--model_dir",
-               "models/c10", *REDUCED, cwd=w)
+    proc = call("run_attack.py", "--config", CONFIG, "--device", "cpu", "--model_dir",
+                "models/c10", *REDUCED, cwd=w)
     ev = json.loads((w / "models/c10/eval_autoattack.json").read_text())
     assert ev["attack"] == meta["attack"] and ev["transfer"] is False
     assert ev["adv_accuracy"] == pytest.approx(rep["final_accuracy"])
@@ -198,8 +198,8 @@ def _pgd_eval(w, *args):
     common = ["--config", str(REPO / "configs/attack_pgds5.yaml"), "--device", "cpu",
               "--model_dir", "models/c10", "--attack.eps", "4", "--attack.step_size", "1",
               *args]
-    proc = run("pgd_attack.py", *common, cwd=w)
-    run("run_attack.py", *common, cwd=w)
+    proc = call("pgd_attack.py", *common, cwd=w)
+    call("run_attack.py", *common, cwd=w)
     meta = json.loads(attack_file(w, "models/c10", "pgds5").with_suffix(".json").read_text())
     ev = json.loads((w / "models/c10/eval_pgds5.json").read_text())
     return meta, ev, proc.stderr

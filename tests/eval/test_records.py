@@ -10,7 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
-from e2e import REPO, TINY, attack_file, run, synth
+from e2e import REPO, TINY, attack_file, call, run, synth
 
 import igam
 from igam.errors import IGAMError
@@ -30,12 +30,12 @@ def runs(tmp_path_factory):
     w = tmp_path_factory.mktemp("records")
     synth("cifar10", w / "data/c10", "--n_train", "40", "--n_test", "20")
     for seed in (0, 1):
-        run("train_advtrain_tinyimagenet.py", "--config",
-            str(REPO / "configs/advtrain_cifar10.yaml"), "--device", "cpu", *TINY,
-            "--data.root", "data/c10", "--model_dir", f"models/seed{seed}/net",
-            "--train.steps", "2", "--train.batch_size", "8", "--attack.steps", "1",
-            "--seed", str(seed), "--log_every", "1", "--eval.batch_size", "20", cwd=w)
-        run("pgd_attack.py", *PGD, "--model_dir", f"models/seed{seed}/net", cwd=w)
+        call("train_advtrain_tinyimagenet.py", "--config",
+             str(REPO / "configs/advtrain_cifar10.yaml"), "--device", "cpu", *TINY,
+             "--data.root", "data/c10", "--model_dir", f"models/seed{seed}/net",
+             "--train.steps", "2", "--train.batch_size", "8", "--attack.steps", "1",
+             "--seed", str(seed), "--log_every", "1", "--eval.batch_size", "20", cwd=w)
+        call("pgd_attack.py", *PGD, "--model_dir", f"models/seed{seed}/net", cwd=w)
     return w
 
 
@@ -82,9 +82,9 @@ def test_examples_of_another_model_are_refused_unless_transfer(runs):
     assert str((w / SEED1).resolve()) in line and str((w / SEED0).resolve()) in line
     assert not list((w / SEED0).glob("eval_pgds5*"))  # nothing evaluated
 
-    run("run_attack.py", *PGD, "--model_dir", SEED0, cwd=w)  # white-box: its own file
-    run("run_attack.py", *PGD, "--model_dir", SEED0, "--attack_path", str(f1),
-        "--transfer", "true", cwd=w)
+    call("run_attack.py", *PGD, "--model_dir", SEED0, cwd=w)  # white-box: its own file
+    call("run_attack.py", *PGD, "--model_dir", SEED0, "--attack_path", str(f1),
+         "--transfer", "true", cwd=w)
     white = json.loads((w / SEED0 / "eval_pgds5.json").read_text())
     trans = json.loads((w / SEED0 / f"eval_pgds5_from_{run_name(w / SEED1)}.json").read_text())
     assert white["transfer"] is False and white["source_model"] is None
@@ -135,8 +135,8 @@ def test_a_file_without_record_loads_with_a_warning(runs, tmp_path):
     """The original TF code wrote no record: evaluated as the config says, one warning."""
     tf_file = tmp_path / "net_pgds5_attack.npy"
     shutil.copy(attack_file(runs, SEED0, "pgds5"), tf_file)
-    proc = run("run_attack.py", *PGD, "--model_dir", SEED0, "--attack_path", str(tf_file),
-               "--attack_name", "tf_pgds5", cwd=runs)
+    proc = call("run_attack.py", *PGD, "--model_dir", SEED0, "--attack_path", str(tf_file),
+                "--attack_name", "tf_pgds5", cwd=runs)
     warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warnings) == 1 and "no record" in warnings[0] and str(tf_file) in warnings[0]
     res = json.loads((runs / SEED0 / "eval_tf_pgds5.json").read_text())
@@ -147,10 +147,10 @@ def test_a_file_without_record_loads_with_a_warning(runs, tmp_path):
 
 def test_two_attacks_on_one_model_give_two_results_and_one_clean_prediction_file(runs):
     w, d = runs, runs / SEED1
-    run("pgd_attack.py", *FGSM, "--model_dir", SEED1, cwd=w)
-    run("run_attack.py", *PGD, "--model_dir", SEED1, cwd=w)
+    call("pgd_attack.py", *FGSM, "--model_dir", SEED1, cwd=w)
+    call("run_attack.py", *PGD, "--model_dir", SEED1, cwd=w)
     pgd_before = (d / "eval_pgds5.json").read_text()
-    run("run_attack.py", *FGSM, "--model_dir", SEED1, cwd=w)
+    call("run_attack.py", *FGSM, "--model_dir", SEED1, cwd=w)
     pgd, fgsm = (json.loads((d / f"eval_{n}.json").read_text()) for n in ("pgds5", "fgsm"))
     assert (d / "eval_pgds5.json").read_text() == pgd_before  # not overwritten
     assert pgd["attack"]["method"] == "pgd" and fgsm["attack"]["method"] == "fgsm"
@@ -167,10 +167,10 @@ def test_two_attacks_on_one_model_give_two_results_and_one_clean_prediction_file
     full = np.load(d / f"pred_clean_{sha8}.npy")
     assert full.shape == (20,) and np.load(d / "pred_fgsm.npy").shape == (20,)
     # an evaluation of a subset does not replace the predictions of the whole test set
-    run("pgd_attack.py", *FGSM, "--model_dir", SEED1, "--eval.num_examples", "10",
-        "--attack_path", "attacks/first10.npy", "--attack_name", "fgsm10", cwd=w)
-    run("run_attack.py", *FGSM, "--model_dir", SEED1, "--eval.num_examples", "10",
-        "--attack_path", "attacks/first10.npy", cwd=w)
+    call("pgd_attack.py", *FGSM, "--model_dir", SEED1, "--eval.num_examples", "10",
+         "--attack_path", "attacks/first10.npy", "--attack_name", "fgsm10", cwd=w)
+    call("run_attack.py", *FGSM, "--model_dir", SEED1, "--eval.num_examples", "10",
+         "--attack_path", "attacks/first10.npy", cwd=w)
     assert np.array_equal(np.load(d / f"pred_clean_{sha8}.npy"), full)
     assert json.loads((d / "eval_fgsm10.json").read_text())["n"] == 10
     assert (d / "eval_fgsm.json").is_file()
@@ -178,23 +178,23 @@ def test_two_attacks_on_one_model_give_two_results_and_one_clean_prediction_file
 
 def test_another_attack_under_the_same_name_does_not_overwrite_a_result(runs):
     w, d = runs, runs / SEED0
-    run("run_attack.py", *PGD, "--model_dir", SEED0, cwd=w)
+    call("run_attack.py", *PGD, "--model_dir", SEED0, cwd=w)
     before = (d / "eval_pgds5.json").read_text()
     eps4 = ["--attack.eps", "4", "--attack.step_size", "1", "--attack_path", "attacks/eps4.npy"]
-    run("pgd_attack.py", *PGD, "--model_dir", SEED0, *eps4, cwd=w)  # also named pgds5
+    call("pgd_attack.py", *PGD, "--model_dir", SEED0, *eps4, cwd=w)  # also named pgds5
     proc = run("run_attack.py", *PGD, "--model_dir", SEED0, *eps4, cwd=w, check=False)
     line = one_line_error(proc)
     assert "holds the result of another attack named pgds5" in line
     assert "attack.eps is 8.0 there, 4.0 here" in line and "attack_name" in line
     assert (d / "eval_pgds5.json").read_text() == before
-    run("run_attack.py", *PGD, "--model_dir", SEED0, cwd=w)  # the same file again: replaced
+    call("run_attack.py", *PGD, "--model_dir", SEED0, cwd=w)  # the same file again: replaced
     assert json.loads((d / "eval_pgds5.json").read_text())["created"]
 
 
 def test_report_lists_the_records(runs, capsys):
     w = runs
-    run("run_attack.py", *PGD, "--model_dir", SEED0, cwd=w)
-    run("run_attack.py", *PGD, "--model_dir", SEED1, cwd=w)
+    call("run_attack.py", *PGD, "--model_dir", SEED0, cwd=w)
+    call("run_attack.py", *PGD, "--model_dir", SEED1, cwd=w)
     out = w / "records.json"
     report.main(["--records", str(w / SEED0), str(w / SEED1), str(w / "data/c10/none"),
                  "--out", str(out)])
@@ -222,8 +222,8 @@ def test_results_of_a_replaced_checkpoint_are_stale(runs):
     of the same folder), its old result is marked stale and kept out of the demo table."""
     w = runs
     shutil.copytree(w / SEED0, w / "models/copy/net")
-    run("pgd_attack.py", *PGD, "--model_dir", "models/copy/net", cwd=w)
-    run("run_attack.py", *PGD, "--model_dir", "models/copy/net", cwd=w)
+    call("pgd_attack.py", *PGD, "--model_dir", "models/copy/net", cwd=w)
+    call("run_attack.py", *PGD, "--model_dir", "models/copy/net", cwd=w)
     shutil.copy(w / SEED1 / "checkpoint.pt", w / "models/copy/net/checkpoint.pt")
     proc = run("run_attack.py", *PGD, "--model_dir", "models/copy/net", cwd=w, check=False)
     line = one_line_error(proc)

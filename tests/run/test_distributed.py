@@ -66,8 +66,13 @@ def _join(rank: int, port: int) -> None:
 
 
 def _spawn(fn, tmp_path: Path) -> dict:
+    """Run ``fn(rank, port, out)`` in WORLD processes and load what rank 0 saved. The ranks are
+    forked from this process: each starts with torch imported and the same code loaded (a
+    spawned one re-imports torch and this module, seconds of CPU each), and joins the process
+    group itself (_join)."""
     out = tmp_path / "rank0.pt"
-    mp.spawn(fn, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.start_processes(fn, args=(_free_port(), str(out)), nprocs=WORLD, join=True,
+                       start_method="fork")
     return torch.load(out, weights_only=False)
 
 

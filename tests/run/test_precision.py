@@ -11,9 +11,6 @@ Tolerances (points of accuracy on 200 examples, i.e. 1 point = 2 examples):
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -138,19 +135,16 @@ def test_defaults_change_nothing_and_bad_values_are_refused(monkeypatch):
 
 @pytest.mark.slow
 def test_advtrain_script_with_bf16_and_channels_last(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "igam.data.synthetic", "--dataset", "cifar10",
-                    "--out", str(tmp_path / "c10"), "--n_train", "32", "--n_test", "20"],
-                   check=True, env=env, capture_output=True)
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "train_advtrain_tinyimagenet.py"), "--config",
-         str(REPO / "configs/advtrain_cifar10.yaml"), "--device", "cpu",
-         "--model.widths", "4,4,8,16", "--model.units_per_stage", "1",
-         "--data.root", "c10", "--model_dir", "m", "--train.steps", "2",
-         "--train.batch_size", "8", "--attack.steps", "1", "--log_every", "1",
-         "--eval.batch_size", "10", "--precision.autocast", "bf16",
-         "--precision.channels_last", "true"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    from e2e import call, synth
+
+    synth("cifar10", tmp_path / "c10", "--n_train", "32", "--n_test", "20")
+    proc = call("train_advtrain_tinyimagenet.py", "--config",
+                str(REPO / "configs/advtrain_cifar10.yaml"), "--device", "cpu",
+                "--model.widths", "4,4,8,16", "--model.units_per_stage", "1",
+                "--data.root", "c10", "--model_dir", "m", "--train.steps", "2",
+                "--train.batch_size", "8", "--attack.steps", "1", "--log_every", "1",
+                "--eval.batch_size", "10", "--precision.autocast", "bf16",
+                "--precision.channels_last", "true", cwd=tmp_path, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "m/eval_clean.json").is_file()
     ckpt = torch.load(tmp_path / "m/checkpoint.pt", weights_only=True)

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 import yaml
-from e2e import FAST, REPO, STUDENT, TINY, attack_file, run, synth
+from e2e import FAST, REPO, STUDENT, TINY, attack_file, call, run, synth
 
 from igam.data import load_dataset, select_classes
 from igam.run.checkpoint import load_checkpoint
@@ -26,8 +26,8 @@ def attack(model_dir: str, cwd, name: str = "fgsm", *extra: str) -> dict:
     """pgd_attack.py + run_attack.py on ``model_dir`` with nothing but the model folder;
     returns run_attack.py's eval JSON."""
     for script in ("pgd_attack.py", "run_attack.py"):
-        run(script, "--config", str(REPO / f"configs/attack_{name}.yaml"), "--device", "cpu",
-            "--model_dir", model_dir, *extra, cwd=cwd)
+        call(script, "--config", str(REPO / f"configs/attack_{name}.yaml"), "--device", "cpu",
+             "--model_dir", model_dir, *extra, cwd=cwd)
     return json.loads((cwd / model_dir / f"eval_{name}.json").read_text())
 
 
@@ -51,9 +51,9 @@ def test_tinyimagenet_first_k_classes_train_and_attack(real_data, tmp_path):
     mapping recorded, and the attack scripts evaluate it on the same 10 classes unasked."""
     w = tmp_path
     root = str(real_data / "tiny-imagenet-200")
-    run("train_advtrain_tinyimagenet.py", *ADV_CFG, *FAST, *TINY, *ADV_STEPS,
-        "--data.root", root, "--data.num_classes", "10", "--model_dir", "models/src",
-        "--train.steps", "2", cwd=w)
+    call("train_advtrain_tinyimagenet.py", *ADV_CFG, *FAST, *TINY, *ADV_STEPS,
+         "--data.root", root, "--data.num_classes", "10", "--model_dir", "models/src",
+         "--train.steps", "2", cwd=w)
     in_yaml, in_ckpt = saved_data(w / "models/src")
     assert in_yaml["classes"] == in_ckpt["classes"] == list(range(10))
     assert in_yaml["num_classes"] == in_ckpt["num_classes"] == 0
@@ -81,22 +81,22 @@ def test_cifar10_source_0_4_teacher_and_student_5_9(real_data, tmp_path):
     other classes than its teacher is refused."""
     w = tmp_path
     c10 = ["--data.dataset", "cifar10", "--data.root", str(real_data / "cifar-10-batches-py")]
-    run("train_advtrain_tinyimagenet.py", *ADV_CFG, *FAST, *TINY, *ADV_STEPS, *c10,
-        "--data.classes", "0,1,2,3,4", "--model_dir", "models/src", "--train.steps", "2",
-        "--eval.num_examples", "50", cwd=w)
+    call("train_advtrain_tinyimagenet.py", *ADV_CFG, *FAST, *TINY, *ADV_STEPS, *c10,
+         "--data.classes", "0,1,2,3,4", "--model_dir", "models/src", "--train.steps", "2",
+         "--eval.num_examples", "50", cwd=w)
     assert load_checkpoint(w / "models/src")["model"]["fc.weight"].shape == (5, 16)
-    run("finetune_teacher.py", *FT_CFG, *FAST, *c10, "--data.classes", "[5, 6, 7, 8, 9]",
-        "--teacher.upresize_to", "0", "--source_model_dir", "models/src",
-        "--model_dir", "models/teacher", "--finetune.steps", "2", "--finetune.batch_size", "8",
-        "--eval.num_examples", "50", cwd=w)
+    call("finetune_teacher.py", *FT_CFG, *FAST, *c10, "--data.classes", "[5, 6, 7, 8, 9]",
+         "--teacher.upresize_to", "0", "--source_model_dir", "models/src",
+         "--model_dir", "models/teacher", "--finetune.steps", "2", "--finetune.batch_size", "8",
+         "--eval.num_examples", "50", cwd=w)
     teacher = load_checkpoint(w / "models/teacher")
     assert teacher["config"]["data"]["classes"] == [5, 6, 7, 8, 9]
     assert teacher["model"]["target_head.weight"].shape[0] == 5
     igam = [*IGAM_CFG, *FAST, *STUDENT, *c10, "--teacher_dir", "models/teacher",
             "--train.steps", "2", "--train.batch_size", "8", "--igam.steps_before_adv_opt", "1",
             "--discriminator.num_conv_layers", "2"]
-    run("train_igam.py", *igam, "--data.classes", "5,6,7,8,9", "--model_dir", "models/igam",
-        cwd=w)
+    call("train_igam.py", *igam, "--data.classes", "5,6,7,8,9", "--model_dir", "models/igam",
+         cwd=w)
     assert saved_data(w / "models/igam")[1]["classes"] == [5, 6, 7, 8, 9]
 
     res = attack("models/igam", w, "pgds5")
@@ -126,17 +126,17 @@ def test_cifar100_subset_resumes_exactly_and_keeps_its_mapping(tmp_path):
     synth("cifar100", w / "data/c100", "--n_train", "300", "--n_test", "200")
     args = [*ADV_CFG, *FAST, *TINY, *ADV_STEPS, "--data.dataset", "cifar100",
             "--data.root", "data/c100", "--data.classes", "99,3,42", "--checkpoint_every", "2"]
-    run("train_advtrain_tinyimagenet.py", *args, "--model_dir", "models/full",
-        "--train.steps", "4", cwd=w)
-    run("train_advtrain_tinyimagenet.py", *args, "--model_dir", "models/part",
-        "--train.steps", "2", cwd=w)
+    call("train_advtrain_tinyimagenet.py", *args, "--model_dir", "models/full",
+         "--train.steps", "4", cwd=w)
+    call("train_advtrain_tinyimagenet.py", *args, "--model_dir", "models/part",
+         "--train.steps", "2", cwd=w)
     for wrong in (["--data.classes", "3,99,42"], ["--data.classes", "[]"]):
         proc = run("train_advtrain_tinyimagenet.py", *args, *wrong, "--model_dir",
                    "models/part", "--train.steps", "4", "--resume", cwd=w, check=False)
         assert_one_line_error(proc, "cannot resume", "data.classes [99, 3, 42] -> ")
         assert saved_data(w / "models/part")[0]["classes"] == [99, 3, 42]  # config.yaml intact
-    run("train_advtrain_tinyimagenet.py", *args, "--model_dir", "models/part",
-        "--train.steps", "4", "--resume", cwd=w)
+    call("train_advtrain_tinyimagenet.py", *args, "--model_dir", "models/part",
+         "--train.steps", "4", "--resume", cwd=w)
     a, b = load_checkpoint(w / "models/part"), load_checkpoint(w / "models/full")
     assert a["step"] == 4 and a["config"]["data"]["classes"] == [99, 3, 42]
     for name, value in b["model"].items():

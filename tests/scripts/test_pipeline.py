@@ -1,5 +1,7 @@
-"""End-to-end: every entry script through its real command line, on tiny synthetic data
-(and, in test_real_data_pipeline, on the real subsets in $IGAM_REAL_DATA).
+"""End-to-end: every entry script, on tiny synthetic data (and, in test_real_data_pipeline, on
+the real subsets in $IGAM_REAL_DATA): its ``main(argv)`` in this process (e2e.call) where the
+test checks what the run produced, its real command line (a subprocess, e2e.run) where it
+checks exit codes, one-line errors or a killed process.
 
 The pipeline runs once per module (fixture ``pipeline``); the tests then check the files and
 numbers each step produced, resumption, and the one-line errors for bad input.
@@ -7,6 +9,8 @@ numbers each step produced, resumption, and the one-line errors for bad input.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -16,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from e2e import FAST, REPO, STUDENT, TINY, attack_file, run, synth
+from e2e import FAST, REPO, STUDENT, TINY, attack_file, call, run, synth
 
 from igam.run import engine
 from igam.run.checkpoint import load_checkpoint
@@ -45,26 +49,26 @@ def pipeline(tmp_path_factory):
     synth("tinyimagenet", w / "data/tiny", "--num_classes", "4", "--n_train_per_class", "8",
           "--n_val_per_class", "4")
     synth("cifar10", w / "data/c10", "--n_train", "64", "--n_test", "30")
-    run("train_advtrain_tinyimagenet.py", "--config",
-        str(REPO / "configs/advtrain_tinyimagenet.yaml"), *FAST, *TINY,
-        "--data.root", "data/tiny", "--model_dir", "models/src",
-        "--train.steps", "4", "--train.batch_size", "8", "--attack.steps", "2",
-        "--checkpoint_every", "2", cwd=w)
-    run("finetune_teacher.py", "--config",
-        str(REPO / "configs/finetune_tinyimagenet_to_cifar10.yaml"), *FAST,
-        "--data.root", "data/c10", "--source_model_dir", "models/src",
-        "--model_dir", "models/teacher", "--finetune.steps", "4", "--finetune.batch_size", "8",
-        "--finetune.save_input_gradients", "true", cwd=w)
+    call("train_advtrain_tinyimagenet.py", "--config",
+         str(REPO / "configs/advtrain_tinyimagenet.yaml"), *FAST, *TINY,
+         "--data.root", "data/tiny", "--model_dir", "models/src",
+         "--train.steps", "4", "--train.batch_size", "8", "--attack.steps", "2",
+         "--checkpoint_every", "2", cwd=w)
+    call("finetune_teacher.py", "--config",
+         str(REPO / "configs/finetune_tinyimagenet_to_cifar10.yaml"), *FAST,
+         "--data.root", "data/c10", "--source_model_dir", "models/src",
+         "--model_dir", "models/teacher", "--finetune.steps", "4", "--finetune.batch_size", "8",
+         "--finetune.save_input_gradients", "true", cwd=w)
     igam_args = ["--config", str(REPO / "configs/igam_tinyimagenet_to_cifar10.yaml"), *FAST,
                  *STUDENT, "--data.root", "data/c10", "--teacher_dir", "models/teacher",
                  "--train.batch_size", "8", "--igam.steps_before_adv_opt", "2",
                  "--igam.disc_update_steps", "2", "--discriminator.num_conv_layers", "2",
                  "--checkpoint_every", "3"]
-    run("train_igam.py", *igam_args, "--model_dir", "models/igam", "--train.steps", "6", cwd=w)
+    call("train_igam.py", *igam_args, "--model_dir", "models/igam", "--train.steps", "6", cwd=w)
     for attack in ("fgsm", "pgds5"):
         for script in ("pgd_attack.py", "run_attack.py"):
-            run(script, "--config", str(REPO / f"configs/attack_{attack}.yaml"), "--device", "cpu",
-                "--model_dir", "models/igam", "--data.root", "data/c10", cwd=w)
+            call(script, "--config", str(REPO / f"configs/attack_{attack}.yaml"), "--device", "cpu",
+                 "--model_dir", "models/igam", "--data.root", "data/c10", cwd=w)
     return w, igam_args
 
 
@@ -143,10 +147,10 @@ def test_attack_files_and_evaluation(pipeline):
 def test_resume_continues_exactly(pipeline):
     """An interrupted run resumed from its checkpoint ends where the uninterrupted one did."""
     w, igam_args = pipeline
-    run("train_igam.py", *igam_args, "--model_dir", "models/igam_part", "--train.steps", "3",
-        cwd=w)
-    run("train_igam.py", *igam_args, "--model_dir", "models/igam_part", "--train.steps", "6",
-        "--resume", cwd=w)
+    call("train_igam.py", *igam_args, "--model_dir", "models/igam_part", "--train.steps", "3",
+         cwd=w)
+    call("train_igam.py", *igam_args, "--model_dir", "models/igam_part", "--train.steps", "6",
+         "--resume", cwd=w)
     assert load_checkpoint(w / "models/igam_part")["step"] == 6
     assert_same_igam_run(w / "models/igam_part", w / "models/igam")
     assert metric_steps(w / "models/igam_part") == [2, 3, 4, 6]
@@ -162,10 +166,10 @@ def test_resume_needs_only_the_run_folder_and_refuses_changes_touching_nothing(p
     data, teacher: none given again) and ends where the uninterrupted run did; a resume that
     changes beta is refused in one line and leaves every file of the run folder as it was."""
     w, igam_args = pipeline
-    run("train_igam.py", *igam_args, "--model_dir", "models/igam_alone", "--train.steps", "3",
-        cwd=w)
-    run("train_igam.py", "--resume", "--model_dir", "models/igam_alone", "--train.steps", "6",
-        cwd=w)
+    call("train_igam.py", *igam_args, "--model_dir", "models/igam_alone", "--train.steps", "3",
+         cwd=w)
+    call("train_igam.py", "--resume", "--model_dir", "models/igam_alone", "--train.steps", "6",
+         cwd=w)
     assert_same_igam_run(w / "models/igam_alone", w / "models/igam")
     history = [json.loads(x) for x in
                (w / "models/igam_alone/config_history.jsonl").read_text().splitlines()]
@@ -248,8 +252,8 @@ def test_discriminator_standardisation_follows_student_and_student_gradients(pip
     w, igam_args = pipeline
     assert load_checkpoint(w / "models/igam")["discriminator_arch"]["standardization"] == \
         "zero_mean_l2"
-    run("train_igam.py", *igam_args, "--model_dir", "models/igam_l2", "--train.steps", "3",
-        "--student.standardization", "l2", "--igam.save_input_gradients", "true", cwd=w)
+    call("train_igam.py", *igam_args, "--model_dir", "models/igam_l2", "--train.steps", "3",
+         "--student.standardization", "l2", "--igam.save_input_gradients", "true", cwd=w)
     d = w / "models/igam_l2"
     assert load_checkpoint(d)["discriminator_arch"]["standardization"] == "l2"
     from igam.data import load_cifar10
@@ -273,21 +277,21 @@ def test_real_data_pipeline(real_data, tmp_path):
     """TinyImageNet -> CIFAR-10 on the real subsets: a few steps of every training script,
     files and numbers produced."""
     w = tmp_path
-    run("train_advtrain_tinyimagenet.py", "--config",
-        str(REPO / "configs/advtrain_tinyimagenet.yaml"), *FAST, *TINY,
-        "--data.root", str(real_data / "tiny-imagenet-200"), "--model_dir", "models/src",
-        "--train.steps", "2", "--train.batch_size", "8", "--attack.steps", "1",
-        "--eval.num_examples", "50", cwd=w)
-    run("finetune_teacher.py", "--config",
-        str(REPO / "configs/finetune_tinyimagenet_to_cifar10.yaml"), *FAST,
-        "--data.root", str(real_data / "cifar-10-batches-py"), "--source_model_dir",
-        "models/src", "--model_dir", "models/teacher", "--finetune.steps", "2",
-        "--finetune.batch_size", "8", "--eval.num_examples", "50", cwd=w)
-    run("train_igam.py", "--config", str(REPO / "configs/igam_tinyimagenet_to_cifar10.yaml"),
-        *FAST, *STUDENT, "--data.root", str(real_data / "cifar-10-batches-py"),
-        "--teacher_dir", "models/teacher", "--model_dir", "models/igam", "--train.steps", "2",
-        "--train.batch_size", "8", "--igam.steps_before_adv_opt", "1",
-        "--eval.num_examples", "50", cwd=w)
+    call("train_advtrain_tinyimagenet.py", "--config",
+         str(REPO / "configs/advtrain_tinyimagenet.yaml"), *FAST, *TINY,
+         "--data.root", str(real_data / "tiny-imagenet-200"), "--model_dir", "models/src",
+         "--train.steps", "2", "--train.batch_size", "8", "--attack.steps", "1",
+         "--eval.num_examples", "50", cwd=w)
+    call("finetune_teacher.py", "--config",
+         str(REPO / "configs/finetune_tinyimagenet_to_cifar10.yaml"), *FAST,
+         "--data.root", str(real_data / "cifar-10-batches-py"), "--source_model_dir",
+         "models/src", "--model_dir", "models/teacher", "--finetune.steps", "2",
+         "--finetune.batch_size", "8", "--eval.num_examples", "50", cwd=w)
+    call("train_igam.py", "--config", str(REPO / "configs/igam_tinyimagenet_to_cifar10.yaml"),
+         *FAST, *STUDENT, "--data.root", str(real_data / "cifar-10-batches-py"),
+         "--teacher_dir", "models/teacher", "--model_dir", "models/igam", "--train.steps", "2",
+         "--train.batch_size", "8", "--igam.steps_before_adv_opt", "1",
+         "--eval.num_examples", "50", cwd=w)
     src = json.loads((w / "models/src/eval_clean.json").read_text())
     assert src["n"] == 50
     ckpt = load_checkpoint(w / "models/src")
@@ -304,7 +308,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(pipeline):
 
     w, igam_args = pipeline
     args = [*igam_args, "--train.steps", "12", "--log_every", "1"]
-    run("train_igam.py", *args, "--model_dir", "models/igam12", cwd=w)
+    call("train_igam.py", *args, "--model_dir", "models/igam12", cwd=w)
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, str(REPO / "train_igam.py"), *args,
                              "--model_dir", "models/igam_killed"], cwd=w, env=env,
@@ -317,7 +321,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(pipeline):
     assert proc.returncode == -signal.SIGKILL
     saved = load_checkpoint(w / "models/igam_killed")["step"]
     assert saved in (3, 6, 9) and saved < 12  # checkpoint_every 3; killed before the end
-    run("train_igam.py", *args, "--model_dir", "models/igam_killed", "--resume", cwd=w)
+    call("train_igam.py", *args, "--model_dir", "models/igam_killed", "--resume", cwd=w)
     assert load_checkpoint(w / "models/igam_killed")["step"] == 12
     assert_same_igam_run(w / "models/igam_killed", w / "models/igam12")
     # records logged after the checkpoint were dropped on resume and redone, once
@@ -327,26 +331,27 @@ def test_killed_run_resumes_from_its_last_checkpoint(pipeline):
 def test_converted_tf_checkpoints_run_in_the_pipeline(tmp_path):
     """python -m igam.tf.convert output is accepted by finetune_teacher.py, train_igam.py,
     pgd_attack.py and run_attack.py like one of their own (CIFAR-10 -> CIFAR-100 route)."""
+    from igam.tf import convert
+
     w = tmp_path
-    env = dict(os.environ, PYTHONPATH=str(REPO))
     fixtures = REPO / "tests/fixtures/tf"
     for name, arch in (("madry_f32", "madry"), ("madry_teacher_f32", "madry_teacher")):
-        subprocess.run([sys.executable, "-m", "igam.tf.convert", "--tf_checkpoint",
-                        str(fixtures / name), "--arch", arch, "--out", str(w / "models" / arch)],
-                       check=True, env=env, capture_output=True)
+        with contextlib.redirect_stdout(io.StringIO()):  # its main, in this process
+            assert convert.main(["--tf_checkpoint", str(fixtures / name), "--arch", arch,
+                                 "--out", str(w / "models" / arch)]) == 0
     synth("cifar100", w / "data/c100", "--n_train", "200", "--n_test", "20")
     c100 = ["--data.dataset", "cifar100", "--data.root", "data/c100"]
-    run("finetune_teacher.py", "--config", str(REPO / "configs/finetune_cifar10_to_cifar100.yaml"),
-        *FAST, *c100, "--source_model_dir", "models/madry", "--model_dir", "models/t100",
-        "--finetune.steps", "2", "--finetune.batch_size", "8", cwd=w)
+    call("finetune_teacher.py", "--config", str(REPO / "configs/finetune_cifar10_to_cifar100.yaml"),
+         *FAST, *c100, "--source_model_dir", "models/madry", "--model_dir", "models/t100",
+         "--finetune.steps", "2", "--finetune.batch_size", "8", cwd=w)
     assert load_checkpoint(w / "models/t100")["arch"]["source"]["standardization"] == "per_image"
-    run("train_igam.py", "--config", str(REPO / "configs/igam_cifar10_to_cifar100.yaml"), *FAST,
-        *STUDENT, *c100, "--teacher_dir", "models/madry_teacher", "--model_dir", "models/s100",
-        "--train.steps", "2", "--train.batch_size", "8", "--igam.steps_before_adv_opt", "1",
-        "--discriminator.num_conv_layers", "2", cwd=w)
+    call("train_igam.py", "--config", str(REPO / "configs/igam_cifar10_to_cifar100.yaml"), *FAST,
+         *STUDENT, *c100, "--teacher_dir", "models/madry_teacher", "--model_dir", "models/s100",
+         "--train.steps", "2", "--train.batch_size", "8", "--igam.steps_before_adv_opt", "1",
+         "--discriminator.num_conv_layers", "2", cwd=w)
     for script in ("pgd_attack.py", "run_attack.py"):
-        run(script, "--config", str(REPO / "configs/attack_pgds5.yaml"), "--device", "cpu",
-            *c100, "--model_dir", "models/madry_teacher", cwd=w)
+        call(script, "--config", str(REPO / "configs/attack_pgds5.yaml"), "--device", "cpu",
+             *c100, "--model_dir", "models/madry_teacher", cwd=w)
     assert np.load(attack_file(w, "models/madry_teacher", "pgds5", "cifar100")).shape == \
         (20, 32, 32, 3)
     res = json.loads((w / "models/madry_teacher/eval_pgds5.json").read_text())
@@ -358,8 +363,8 @@ def test_attack_scripts_need_only_the_model_dir(pipeline):
     (synthetic TinyImageNet) validation set, 64x64."""
     w, _ = pipeline
     cfg = str(REPO / "configs/attack_fgsm.yaml")
-    run("pgd_attack.py", "--config", cfg, "--model_dir", "models/src", cwd=w)
-    run("run_attack.py", "--config", cfg, "--model_dir", "models/src", cwd=w)
+    call("pgd_attack.py", "--config", cfg, "--model_dir", "models/src", cwd=w)
+    call("run_attack.py", "--config", cfg, "--model_dir", "models/src", cwd=w)
     assert np.load(attack_file(w, "models/src", "fgsm")).shape == (16, 64, 64, 3)
     res = json.loads((w / "models/src/eval_fgsm.json").read_text())
     assert res["dataset"] == "tinyimagenet/val" and res["n"] == 16

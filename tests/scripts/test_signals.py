@@ -5,8 +5,10 @@ line with the command that continues it and exits 128 + the signal number; that 
 as printed, ends bit-identical to an uninterrupted run (checkpoint: weights, optimiser and
 sampler state, RNG states; metrics.jsonl; final evaluation). A second signal stops at once,
 leaving the last periodic checkpoint intact. An attack stops at once, writes nothing and says
-how far it got. The issue's done-criterion is the 200-step IGAM case. Every test here starts
-the scripts' real processes: the slow tier (in-process tests: tests/run/test_stopping.py).
+how far it got. The issue's done-criterion is the 200-step IGAM case. Every test here signals
+the scripts' real processes and runs the printed command as one: the slow tier (in-process
+tests: tests/run/test_stopping.py). The uninterrupted reference runs are the scripts' main(argv)
+in this process (e2e.call), which the resumed processes must match bit for bit.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from e2e import FAST, REPO, STUDENT, TINY, run, synth
+from e2e import FAST, REPO, STUDENT, TINY, call, synth
 
 from igam.models import Teacher, WideResNet
 from igam.run import engine
@@ -165,7 +167,7 @@ def test_signal_at_a_random_step_continues_bit_identically(work, script, steps, 
     why = f"{script}: {name} after step {k} of {steps} (IGAM_SIGNAL_SEED={seed})"
     args = script_args(script, steps, every)
     tag = f"{Path(script).stem}{steps}"
-    run(script, *args, "--model_dir", f"{tag}_ref", cwd=w)
+    call(script, *args, "--model_dir", f"{tag}_ref", cwd=w)
 
     proc = Running(script, [*args, "--model_dir", f"{tag}_stop"], w)
     proc.wait_for_line(f"step {k}:")

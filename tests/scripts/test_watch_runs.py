@@ -1,9 +1,13 @@
 """End-to-end: watching a run (watch.every, checkpoint_best.pt, TensorBoard, plain progress
-lines when stderr is not a terminal), through the entry scripts' real command line."""
+lines when stderr is not a terminal), through the entry scripts' ``main(argv)`` in this process
+(e2e.call; stderr captured, not a terminal) and, for exit codes and a missing package, their
+real command line."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -12,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from e2e import FAST, REPO, STUDENT, TINY, run, synth
+from e2e import FAST, REPO, STUDENT, TINY, call, run, synth
 
 from igam.run.checkpoint import load_checkpoint
 
@@ -46,15 +50,15 @@ def work(tmp_path_factory):
     synth("tinyimagenet", w / "data/tiny", "--num_classes", "4", "--n_train_per_class", "8",
           "--n_val_per_class", "4")
     synth("cifar10", w / "data/c10", "--n_train", "64", "--n_test", "30")
-    run("train_advtrain_tinyimagenet.py", "--config",
-        str(REPO / "configs/advtrain_tinyimagenet.yaml"), *FAST, *TINY,
-        "--data.root", "data/tiny", "--model_dir", "models/src",
-        "--train.steps", "2", "--train.batch_size", "8", "--attack.steps", "1", cwd=w)
-    run("finetune_teacher.py", "--config",
-        str(REPO / "configs/finetune_tinyimagenet_to_cifar10.yaml"), *FAST,
-        "--data.root", "data/c10", "--source_model_dir", "models/src",
-        "--model_dir", "models/teacher", "--finetune.steps", "2", "--finetune.batch_size", "8",
-        cwd=w)
+    call("train_advtrain_tinyimagenet.py", "--config",
+         str(REPO / "configs/advtrain_tinyimagenet.yaml"), *FAST, *TINY,
+         "--data.root", "data/tiny", "--model_dir", "models/src",
+         "--train.steps", "2", "--train.batch_size", "8", "--attack.steps", "1", cwd=w)
+    call("finetune_teacher.py", "--config",
+         str(REPO / "configs/finetune_tinyimagenet_to_cifar10.yaml"), *FAST,
+         "--data.root", "data/c10", "--source_model_dir", "models/src",
+         "--model_dir", "models/teacher", "--finetune.steps", "2", "--finetune.batch_size", "8",
+         cwd=w)
     return w
 
 
@@ -66,10 +70,10 @@ WATCH = ["--watch.every", "2", "--watch.pgd_steps", "2", "--watch.num_examples",
 
 
 def test_watching_leaves_the_run_bit_identical(work):
-    on = run("train_igam.py", *IGAM, *WATCH, "--tensorboard", "on", "--model_dir", "models/on",
-             cwd=work)
-    run("train_igam.py", *IGAM, "--watch.every", "0", "--tensorboard", "off",
-        "--model_dir", "models/off", cwd=work)
+    on = call("train_igam.py", *IGAM, *WATCH, "--tensorboard", "on", "--model_dir", "models/on",
+              cwd=work)
+    call("train_igam.py", *IGAM, "--watch.every", "0", "--tensorboard", "off",
+         "--model_dir", "models/off", cwd=work)
     a, b = work / "models/on", work / "models/off"
     assert_same_state(load_checkpoint(a / "checkpoint.pt"), load_checkpoint(b / "checkpoint.pt"))
     volatile = {"time", "steps_per_s", "images_per_s"}
@@ -107,9 +111,9 @@ def test_watching_leaves_the_run_bit_identical(work):
 
 def test_resumed_watch_continues_the_comparison(work):
     common = [*IGAM[:-2], *WATCH, "--tensorboard", "off", "--train.steps"]
-    run("train_igam.py", *common, "6", "--model_dir", "models/whole", cwd=work)
-    run("train_igam.py", *common, "3", "--model_dir", "models/parts", cwd=work)
-    run("train_igam.py", *common, "6", "--model_dir", "models/parts", "--resume", cwd=work)
+    call("train_igam.py", *common, "6", "--model_dir", "models/whole", cwd=work)
+    call("train_igam.py", *common, "3", "--model_dir", "models/parts", cwd=work)
+    call("train_igam.py", *common, "6", "--model_dir", "models/parts", "--resume", cwd=work)
     whole, parts = work / "models/whole", work / "models/parts"
     watched = [[{k: r[k] for k in r if k.startswith("watch") or k in ("step", "lr")}
                 for r in records(d) if "watch_split" in r] for d in (whole, parts)]
@@ -119,12 +123,13 @@ def test_resumed_watch_continues_the_comparison(work):
 
 
 def test_validation_split(work):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    subprocess.run([sys.executable, "-m", "igam.data.holdout", "--root", "data/c10", "--out",
-                    "data/c10_val", "--per_class", "1"], cwd=work, env=env, check=True,
-                   capture_output=True)
-    proc = run("train_igam.py", *IGAM, *WATCH, "--data.root", "data/c10_val",
-               "--train.steps", "2", "--model_dir", "models/val", cwd=work)
+    from igam.data import holdout
+
+    with contextlib.redirect_stdout(io.StringIO()):  # python -m igam.data.holdout, in-process
+        assert holdout.main(["--root", str(work / "data/c10"), "--out",
+                             str(work / "data/c10_val"), "--per_class", "1"]) == 0
+    proc = call("train_igam.py", *IGAM, *WATCH, "--data.root", "data/c10_val",
+                "--train.steps", "2", "--model_dir", "models/val", cwd=work)
     assert "10 validation examples" in proc.stdout and "chosen on test" not in proc.stdout
     assert records(work / "models/val")[-1]["watch_split"] == "validation"
     best = load_checkpoint(work / "models/val/checkpoint_best.pt")
@@ -163,15 +168,15 @@ def test_run_without_tensorboard_writes_no_events(work, monkeypatch):
 
 
 def test_advtrain_and_finetune_watch_too(work):
-    run("train_advtrain_tinyimagenet.py", "--config",
-        str(REPO / "configs/advtrain_tinyimagenet.yaml"), *FAST, *TINY, *WATCH,
-        "--data.root", "data/tiny", "--model_dir", "models/src_watch", "--train.steps", "2",
-        "--train.batch_size", "8", "--attack.steps", "1", cwd=work)
-    run("finetune_teacher.py", "--config",
-        str(REPO / "configs/finetune_tinyimagenet_to_cifar10.yaml"), *FAST, *WATCH,
-        "--data.root", "data/c10", "--source_model_dir", "models/src",
-        "--model_dir", "models/teacher_watch", "--finetune.steps", "2",
-        "--finetune.batch_size", "8", cwd=work)
+    call("train_advtrain_tinyimagenet.py", "--config",
+         str(REPO / "configs/advtrain_tinyimagenet.yaml"), *FAST, *TINY, *WATCH,
+         "--data.root", "data/tiny", "--model_dir", "models/src_watch", "--train.steps", "2",
+         "--train.batch_size", "8", "--attack.steps", "1", cwd=work)
+    call("finetune_teacher.py", "--config",
+         str(REPO / "configs/finetune_tinyimagenet_to_cifar10.yaml"), *FAST, *WATCH,
+         "--data.root", "data/c10", "--source_model_dir", "models/src",
+         "--model_dir", "models/teacher_watch", "--finetune.steps", "2",
+         "--finetune.batch_size", "8", cwd=work)
     for name, kind, n in (("src_watch", "classifier", 16), ("teacher_watch", "teacher", 20)):
         d = work / "models" / name
         watched = [r for r in records(d) if "watch_split" in r]
