@@ -5,14 +5,15 @@
 #   cifar10_0-4_to_5-9        CIFAR-10 classes 0-4 (source) -> classes 5-9 (target), data.classes
 # For each pair: PGD adversarial training of the source model -> teacher head finetuning on the
 # target task -> an IGAM student and a baseline student trained identically with
-# beta = gamma = 0 -> FGSM and PGD-20 on the target test set, AutoAttack (a reduced standard
-# version, on the first test images) -> input-gradient picture and alignment (igam.eval.visualize).
-# One table (clean / FGSM / PGD-20 / AutoAttack accuracy, %, and alignment), also written to
-# models/demo_real/results.json as
+# beta = gamma = 0 -> PGD-20 at L-inf eps 2, 4 and 8 (/255) and AutoAttack (standard version,
+# eps 8, on the first test images) on the target test set -> input-gradient picture and
+# alignment (igam.eval.visualize). One table (accuracy in %, alignment as a cosine), also
+# written to models/demo_real/results.json as
 # {pair: {finetuned_teacher | igam_student | baseline_student:
-#         {clean, fgsm, pgd20, autoattack, alignment}}}.
+#           {clean, pgd20_eps2, pgd20_eps4, pgd20_eps8, autoattack_eps8, alignment},
+#         chance}}   (chance: the best constant classifier's accuracy on those test images)
 #
-# Usage: bash scripts/demo_real.sh   (from anywhere; <= 20 min on 2 CPU cores at the defaults)
+# Usage: bash scripts/demo_real.sh   (from anywhere; measured times: docs/results.md)
 # Data: IGAM_REAL_DATA (default datasets/) holds cifar10/cifar-10-batches-py/ (or
 #   cifar-10-batches-py/ directly) and tiny-imagenet-200/ (docs/pipeline.md "Datasets").
 # Repeats: DEMO_REAL_SEEDS="0 1 2" runs the whole experiment once per seed (into
@@ -23,7 +24,7 @@
 #   on the test set. The Tiny-ImageNet source keeps all its training images.
 # Knobs (environment): DEMO_REAL_DIR (output folder), DEMO_REAL_SEED (one seed for every step),
 #   DEMO_REAL_TINY=1 (a few steps on a few test images: a smoke test, numbers meaningless),
-#   DEMO_REAL_ATTACKS (default "fgsm pgds20 autoattack": configs/attack_<name>.yaml),
+#   DEMO_REAL_ATTACKS (default "pgd20_eps2 pgd20_eps4 pgd20_eps8 autoattack_eps8", see below),
 #   and the per-step ones below (DEMO_REAL_*).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -85,10 +86,30 @@ NEVAL=${DEMO_REAL_NEVAL:-$D_NEVAL}             # test images attacked and evalua
 AA_N=${DEMO_REAL_AA_EXAMPLES:-$D_AA_N}         # first test images AutoAttack attacks
 AA_ITER=${DEMO_REAL_AA_ITER:-$D_AA_ITER}       # APGD/FAB iterations (0: standard's 100)
 AA_QUERIES=${DEMO_REAL_AA_QUERIES:-$D_AA_Q}    # Square queries (0: standard's 5000)
-read -r -a ATTACKS <<< "${DEMO_REAL_ATTACKS:-fgsm pgds20 autoattack}"  # configs/attack_<name>.yaml
-# AutoAttack: standard version (APGD-CE, APGD-T, FAB-T, Square), L-inf eps 8, reduced to
-# AA_QUERIES Square queries and AA_N images to fit the CPU budget (its JSON says "reduced")
-AA_OPTS=(--eval.num_examples "$AA_N" --attack.n_iter "$AA_ITER" --attack.n_queries "$AA_QUERIES")
+# attacks on the target test set, each a result column:
+#   pgd20_eps<E>      PGD-20 (step E/4, random start) at L-inf eps E/255 on the first NEVAL images
+#   apgd_eps<E>       AutoAttack's APGD-CE + APGD-T (standard settings) on the first APGD_N images
+#   autoattack_eps<E> AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square) on the first AA_N
+#                     images (AA_ITER / AA_QUERIES > 0 reduce it: its JSON then says "reduced")
+#   fgsm, pgds20, ... configs/attack_<name>.yaml as it is, on the first NEVAL images
+read -r -a ATTACKS <<< "${DEMO_REAL_ATTACKS:-pgd20_eps2 pgd20_eps4 pgd20_eps8 autoattack_eps8}"
+APGD_N=${DEMO_REAL_APGD_EXAMPLES:-$NEVAL}      # first test images of apgd_eps<E>
+attack_args() {  # $1 attack name -> the array A of pgd_attack.py / run_attack.py options
+  local e
+  case $1 in
+    pgd20_eps*) e=${1#pgd20_eps}
+      A=(--config configs/attack_pgds20.yaml --attack.eps "$e"
+         --attack.step_size "$(awk "BEGIN {print $e / 4}")" --eval.num_examples "$NEVAL") ;;
+    apgd_eps*) e=${1#apgd_eps}
+      A=(--config configs/attack_autoattack.yaml --attack.eps "$e"
+         --attack.attacks apgd-ce,apgd-t --eval.num_examples "$APGD_N") ;;
+    autoattack_eps*) e=${1#autoattack_eps}
+      A=(--config configs/attack_autoattack.yaml --attack.eps "$e" --eval.num_examples "$AA_N"
+         --attack.n_iter "$AA_ITER" --attack.n_queries "$AA_QUERIES") ;;
+    *) A=(--config "configs/attack_$1.yaml" --eval.num_examples "$NEVAL") ;;
+  esac
+  A+=(--attack_name "$1")
+}
 
 COMMON=(--device cpu --overwrite --seed "$SEED" --log_every 50 --eval.batch_size 100
         --eval.num_examples "$NEVAL")
@@ -121,10 +142,10 @@ run_pair() {
   # attacks on the target test set (dataset and class subset from each model's checkpoint)
   for model in finetuned_teacher igam_student baseline_student; do
     for attack in "${ATTACKS[@]}"; do
-      if [ "$attack" = autoattack ]; then A=("${AA_OPTS[@]}"); else A=(--eval.num_examples "$NEVAL"); fi
+      attack_args "$attack"
       for script in pgd_attack.py run_attack.py; do
-        $PY "$script" --config "configs/attack_${attack}.yaml" --model_dir "$P/$model" \
-          --device cpu --seed "$SEED" --attack_dir "$P/attacks" "${A[@]}" > /dev/null
+        $PY "$script" "${A[@]}" --model_dir "$P/$model" --device cpu --seed "$SEED" \
+          --attack_dir "$P/attacks" > /dev/null
       done
     done
   done
@@ -157,7 +178,7 @@ run_pair cifar10_0-4_to_5-9 configs/advtrain_cifar10.yaml \
 # 4. one table
 PAIRS=("$OUT/tinyimagenet_to_cifar10" "$OUT/cifar10_0-4_to_5-9")
 $PY -m igam.eval.report "${PAIRS[@]}" \
-  --rows finetuned_teacher igam_student baseline_student --attacks "${ATTACKS[@]}" \
+  --rows finetuned_teacher igam_student baseline_student --attacks "${ATTACKS[@]}" --chance \
   --alignment "${PAIRS[0]}/input_gradients.json" "${PAIRS[1]}/input_gradients.json" \
   --out "$OUT/results.json"
 echo "demo_real finished in $(( $(date +%s) - start )) s (seed $SEED); results in $OUT/results.json"

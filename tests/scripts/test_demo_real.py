@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 PAIRS = {"tinyimagenet_to_cifar10": ("cifar10/test", None, None),
          "cifar10_0-4_to_5-9": ("cifar10/test[classes 5-9]", [0, 1, 2, 3, 4], [5, 6, 7, 8, 9])}
 ROWS = ["finetuned_teacher", "igam_student", "baseline_student"]
-ATTACKS = {"fgsm": "fgsm", "pgds20": "pgd20"}
+EPS = {"pgd20_eps2": 2.0, "pgd20_eps4": 4.0, "pgd20_eps8": 8.0}  # PGD-20 columns, eps /255
 
 
 def run_demo(tmp_path, data, **env) -> subprocess.CompletedProcess:
@@ -50,24 +50,28 @@ def test_demo_real_script_end_to_end(real_data, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert list(results) == list(PAIRS)
     for pair, (test_name, src_classes, tgt_classes) in PAIRS.items():
-        assert list(results[pair]) == ROWS
+        assert list(results[pair]) == ROWS + ["chance"]
+        first = json.loads((out / pair / "finetuned_teacher" / "eval_pgd20_eps2.json").read_text())
+        assert results[pair]["chance"] == round(100 * first["chance_accuracy"], 2)
+        assert results[pair]["chance"] >= 100 / (5 if tgt_classes else 10)  # 20 test images
         for row in ROWS:
             d = out / pair / row
             entry = results[pair][row]
-            assert list(entry) == ["clean", "fgsm", "pgd20", "autoattack", "alignment"]
+            assert list(entry) == ["clean", *EPS, "autoattack_eps8", "alignment"]
             name = run_name(d)  # the attack files: <row>-<path hash>_<attack>_attack.*
-            aa = json.loads((out / pair / "attacks" / f"{name}_autoattack_attack.json")
+            aa = json.loads((out / pair / "attacks" / f"{name}_autoattack_eps8_attack.json")
                             .read_text())
             assert aa["data"]["n"] == 10 and aa["attack"]["seed"] == 3
             assert aa["autoattack"]["settings"]["reduced"] is True
             robust = list(aa["autoattack"]["robust_accuracy"].values())
             assert robust == sorted(robust, reverse=True)  # clean, then after each sub-attack
-            ev = json.loads((d / "eval_autoattack.json").read_text())
-            assert entry["autoattack"] == round(100 * ev["adv_accuracy"], 2) and ev["n"] == 10
-            for attack, column in ATTACKS.items():
+            assert aa["attack"]["eps"] == 8.0
+            ev = json.loads((d / "eval_autoattack_eps8.json").read_text())
+            assert entry["autoattack_eps8"] == round(100 * ev["adv_accuracy"], 2) and ev["n"] == 10
+            for attack, eps in EPS.items():
                 ev = json.loads((d / f"eval_{attack}.json").read_text())
-                assert ev["dataset"] == test_name and ev["n"] == 20 and ev["eps"] == 8.0
-                assert entry[column] == round(100 * ev["adv_accuracy"], 2)
+                assert ev["dataset"] == test_name and ev["n"] == 20 and ev["eps"] == eps
+                assert entry[attack] == round(100 * ev["adv_accuracy"], 2)
                 assert entry["clean"] == round(100 * ev["clean_accuracy"], 2)
                 adv = np.load(out / pair / "attacks" / f"{name}_{attack}_attack.npy")
                 assert adv.shape == (20, 32, 32, 3) and 0 <= adv.min() and adv.max() <= 255
@@ -75,8 +79,8 @@ def test_demo_real_script_end_to_end(real_data, tmp_path):
                 assert pred.shape == (20,) and pred.max() < (5 if tgt_classes else 10)
                 meta = json.loads((out / pair / "attacks" / f"{name}_{attack}_attack.json")
                                   .read_text())
-                assert meta["attack"]["seed"] == 3 and meta["attack"]["steps"] == (
-                    1 if attack == "fgsm" else 20)
+                assert meta["attack"]["seed"] == 3 and meta["attack"]["steps"] == 20
+                assert meta["attack"]["step_size"] == eps / 4
                 assert ev["model"]["checkpoint_sha256"] == meta["model"]["checkpoint_sha256"]
                 assert ev["attack"] == meta["attack"] and ev["transfer"] is False
             assert all(0.0 <= v <= 100.0 for k, v in entry.items() if k != "alignment")
@@ -111,7 +115,8 @@ def test_demo_real_script_end_to_end(real_data, tmp_path):
     for pair in PAIRS:
         for row in ROWS:
             assert f"{pair}/{row}" in table
-    assert "pgd20" in table and "demo_real finished" in table
+    assert "pgd20_eps4" in table and "chance (best constant classifier)" in table
+    assert "demo_real finished" in table
 
 
 def test_demo_real_missing_data_says_where_to_put_it(tmp_path):
