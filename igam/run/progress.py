@@ -2,8 +2,8 @@
 
 With stderr a log file (CI, ``nohup``, a cluster job's output) a tqdm bar writes a carriage
 return per update, and the log fills with one endless line. :func:`progress` gives the bar only
-when stderr is a terminal; otherwise it prints ``<desc>: <done>/<total> (<seconds> s)`` at most
-every ``every`` seconds, and once at the end.
+when stderr is a terminal; otherwise it prints ``<desc>: <done>/<total> (<seconds> s)`` when the
+loop starts, then at most every ``every`` seconds, and once at the end.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def interactive() -> bool:
 
 class LogProgress:
     """What :func:`progress` returns without a terminal: iterates ``iterable`` and writes one
-    line to stderr at most every ``every`` seconds and when the loop ends. ``n`` counts the
+    line to stderr when the loop starts, then at most every ``every`` seconds, and when it ends. ``n`` counts the
     items done (as tqdm's), ``update`` / ``set_postfix_str`` / ``close`` mirror tqdm's."""
 
     def __init__(self, iterable: Iterable | None = None, desc: str = "", total: int | None = None,
@@ -35,6 +35,8 @@ class LogProgress:
         self.t0 = self.last = time.monotonic()
 
     def __iter__(self) -> Iterator[Any]:
+        if self.desc:
+            self._line()  # the loop has started: a log says what runs before its first result
         for item in self.iterable:
             yield item
             self.update(1)

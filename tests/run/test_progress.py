@@ -15,14 +15,17 @@ def test_log_file_gets_lines_not_carriage_returns(capsys):
     err = capsys.readouterr().err
     assert "\r" not in err
     lines = err.splitlines()
-    assert lines[0].startswith("attack: 1/5 it (") and lines[-2].startswith("attack: 5/5 it (")
+    assert len(lines) == 7  # the start, one per item (every 0 s), the end
+    assert lines[0].startswith("attack: 0/5 it (") and lines[1].startswith("attack: 1/5 it (")
+    assert lines[-2].startswith("attack: 5/5 it (")
     assert lines[-1].startswith("attack: 5/5 it (")  # the closing line
 
 
 def test_lines_at_most_every_interval_and_silent_when_hidden(capsys):
     list(progress(range(1000), desc="slow", total=1000, every=3600.0))
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("slow: 1000/1000 it (")  # only the last
+    assert len(lines) == 2 and lines[0].startswith("slow: 0/1000 it (")  # the start
+    assert lines[1].startswith("slow: 1000/1000 it (")  # and the end, nothing between
     bar = progress(range(3), desc="quiet", show=False)
     assert list(bar) == [0, 1, 2] and bar.n == 3
     assert capsys.readouterr().err == ""
