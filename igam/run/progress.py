@@ -24,8 +24,9 @@ def interactive() -> bool:
 
 class LogProgress:
     """What :func:`progress` returns without a terminal: iterates ``iterable`` and writes one
-    line to stderr when the loop starts, then at most every ``every`` seconds, and when it ends. ``n`` counts the
-    items done (as tqdm's), ``update`` / ``set_postfix_str`` / ``close`` mirror tqdm's."""
+    line to stderr when the loop starts, then at most every ``every`` seconds, and when it
+    ends. ``n`` counts the items done (as tqdm's); ``update`` / ``set_postfix_str`` / ``close``
+    mirror tqdm's."""
 
     def __init__(self, iterable: Iterable | None = None, desc: str = "", total: int | None = None,
                  every: float = 60.0, unit: str = "it"):
