@@ -5,26 +5,30 @@
 #   cifar10_0-4_to_5-9        CIFAR-10 classes 0-4 (source) -> classes 5-9 (target), data.classes
 # For each pair: PGD adversarial training of the source model -> teacher head finetuning on the
 # target task -> an IGAM student and a baseline student trained identically with
-# beta = gamma = 0 -> PGD-20 at L-inf eps 2, 4 and 8 (/255) and AutoAttack (standard version,
-# eps 8, on the first test images) on the target test set -> input-gradient picture and
-# alignment (igam.eval.visualize). One table (accuracy in %, alignment as a cosine), also
-# written to models/demo_real/results.json as
+# beta = gamma = 0 -> on the target test set, PGD-20 at L-inf eps 2, 4 and 8 (/255), APGD-CE +
+# APGD-T at eps 4 and 8, and AutoAttack's standard version at eps 4 and 8 on fewer images ->
+# input-gradient picture and alignment (igam.eval.visualize). One table (accuracy in %,
+# alignment as a cosine), also written to models/demo_real/results.json as
 # {pair: {finetuned_teacher | igam_student | baseline_student:
-#           {clean, pgd20_eps2, pgd20_eps4, pgd20_eps8, autoattack_eps8, alignment},
-#         chance}}   (chance: the best constant classifier's accuracy on those test images)
+#           {clean, pgd20_eps2, pgd20_eps4, pgd20_eps8, apgd_eps4, apgd_eps8, autoattack_eps4,
+#            autoattack_eps8, alignment},
+#         chance,    (the best constant classifier's accuracy on those test images)
+#         columns}}  (per column: the attack and how many test images it ran on)
+# and the wall-clock seconds of every step to models/demo_real/times.tsv.
 #
-# Usage: bash scripts/demo_real.sh   (from anywhere; measured times: docs/results.md)
+# Usage: bash scripts/demo_real.sh   (from anywhere; results and times: docs/results.md)
 # Data: IGAM_REAL_DATA (default datasets/) holds cifar10/cifar-10-batches-py/ (or
 #   cifar-10-batches-py/ directly) and tiny-imagenet-200/ (docs/pipeline.md "Datasets").
 # Repeats: DEMO_REAL_SEEDS="0 1 2" runs the whole experiment once per seed (into
 #   $DEMO_REAL_DIR/seed_<s>/) and writes their mean and spread to $DEMO_REAL_DIR/summary.json.
-# Validation: DEMO_REAL_VALIDATE=1 holds out 100 CIFAR-10 training images per class
+# Validation: DEMO_REAL_VALIDATE=1 holds out 200 CIFAR-10 training images per class
 #   (python -m igam.data.holdout, into $DEMO_REAL_DIR/validation_data/) and runs everything on
 #   the rest, so the "test" columns are validation accuracies: choose settings this way, never
 #   on the test set. The Tiny-ImageNet source keeps all its training images.
 # Knobs (environment): DEMO_REAL_DIR (output folder), DEMO_REAL_SEED (one seed for every step),
+#   DEMO_REAL_PAIRS (default "tinyimagenet_to_cifar10 cifar10_0-4_to_5-9": the pairs to run),
 #   DEMO_REAL_TINY=1 (a few steps on a few test images: a smoke test, numbers meaningless),
-#   DEMO_REAL_ATTACKS (default "pgd20_eps2 pgd20_eps4 pgd20_eps8 autoattack_eps8", see below),
+#   DEMO_REAL_ATTACKS (the result columns, see below),
 #   and the per-step ones below (DEMO_REAL_*).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,6 +55,18 @@ if [ -n "${DEMO_REAL_SEEDS:-}" ]; then
   exit 0
 fi
 
+# the transfer pairs to run (all by default), checked before any work
+read -r -a PAIR_NAMES <<< "${DEMO_REAL_PAIRS:-tinyimagenet_to_cifar10 cifar10_0-4_to_5-9}"
+for pair in "${PAIR_NAMES[@]}"; do
+  case $pair in
+    tinyimagenet_to_cifar10 | cifar10_0-4_to_5-9) ;;
+    *) fail "DEMO_REAL_PAIRS: unknown pair '$pair' (expected tinyimagenet_to_cifar10 and/or" \
+         "cifar10_0-4_to_5-9)" ;;
+  esac
+done
+[ ${#PAIR_NAMES[@]} -gt 0 ] || fail "DEMO_REAL_PAIRS is empty (expected tinyimagenet_to_cifar10" \
+  "and/or cifar10_0-4_to_5-9)"
+
 # 1. the real datasets (official layouts; the loaders accept a folder or its parent)
 C10=""
 for d in "$DATA/cifar10" "$DATA"; do
@@ -59,41 +75,61 @@ done
 [ -n "$C10" ] || fail "real CIFAR-10 not found in $DATA: put the official python version" \
   "(cifar-10-batches-py/) in $DATA/cifar10/, or set IGAM_REAL_DATA to the folder holding it"
 TIN=$DATA/tiny-imagenet-200
-[ -d "$TIN/train" ] || fail "real Tiny-ImageNet not found in $DATA: unzip the official" \
-  "tiny-imagenet-200.zip into $DATA/ (giving $TIN/train/...), or set IGAM_REAL_DATA"
+if [[ " ${PAIR_NAMES[*]} " == *" tinyimagenet_to_cifar10 "* ]] && [ ! -d "$TIN/train" ]; then
+  fail "real Tiny-ImageNet not found in $DATA: unzip the official tiny-imagenet-200.zip into" \
+    "$DATA/ (giving $TIN/train/...), or set IGAM_REAL_DATA"
+fi
+mkdir -p "$OUT"
+: > "$OUT/times.tsv"
 if [ "${DEMO_REAL_VALIDATE:-0}" = 1 ]; then
-  $PY -m igam.data.holdout --root "$C10" --out "$OUT/validation_data" --per_class 100 --seed 0
+  $PY -m igam.data.holdout --root "$C10" --out "$OUT/validation_data" --per_class 200 --seed 0
   C10=$OUT/validation_data
 fi
 
-# 2. settings (DEMO_REAL_TINY=1: the smallest settings that run every step)
-if [ "${DEMO_REAL_TINY:-0}" = 1 ]; then
-  D_WIDTHS=4,4,8,16; D_SRC=2; D_FT=2; D_IGAM=2; D_WARM=1; D_NEVAL=20; D_AA_N=10; D_AA_ITER=2
-  D_AA_Q=10
-else
-  D_WIDTHS=8,8,16,32; D_SRC=300; D_FT=200; D_IGAM=300; D_WARM=100; D_NEVAL=0; D_AA_N=200
-  D_AA_ITER=0; D_AA_Q=1000
-fi
-WIDTHS=${DEMO_REAL_WIDTHS:-$D_WIDTHS}          # WideResNet widths of every model, 1 unit per stage
-SRC_STEPS=${DEMO_REAL_SRC_STEPS:-$D_SRC}       # adversarial training steps of the source model
-FT_STEPS=${DEMO_REAL_FT_STEPS:-$D_FT}          # teacher head finetuning steps
-IGAM_STEPS=${DEMO_REAL_IGAM_STEPS:-$D_IGAM}    # student steps (both students)
-WARMUP=${DEMO_REAL_WARMUP:-$D_WARM}            # student steps before the IGAM terms start
-BETA=${DEMO_REAL_BETA:-1}                      # IGAM student's discriminator weight
-GAMMA=${DEMO_REAL_GAMMA:-10}                   # IGAM student's L2 (gradient distance) weight
+# 2. settings of a pair: $1 = tin (Tiny-ImageNet -> CIFAR-10) or c10 (CIFAR-10 0-4 -> 5-9).
+#    The defaults were chosen on a validation split (docs/results.md, "Settings"); DEMO_REAL_TINY=1
+#    gives the smallest settings that run every step. Each DEMO_REAL_* variable overrides its
+#    setting for both pairs.
+settings() {
+  if [ "${DEMO_REAL_TINY:-0}" = 1 ]; then
+    D_WIDTHS=4,4,8,16; D_SRC=2; D_SRC_BATCH=8; D_FT=2; D_IGAM=2; D_WARM=1; D_NEVAL=20
+    D_AA_N=10; D_APGD_N=10; D_AA_ITER=2; D_AA_Q=10
+  elif [ "$1" = tin ]; then
+    D_WIDTHS=16,16,32,64; D_SRC=1200; D_SRC_BATCH=32; D_FT=300; D_IGAM=600; D_WARM=150
+    D_NEVAL=1000; D_AA_N=100; D_APGD_N=500; D_AA_ITER=0; D_AA_Q=0
+  else
+    D_WIDTHS=16,16,32,64; D_SRC=1200; D_SRC_BATCH=64; D_FT=300; D_IGAM=600; D_WARM=150
+    D_NEVAL=1000; D_AA_N=100; D_APGD_N=500; D_AA_ITER=0; D_AA_Q=0
+  fi
+  WIDTHS=${DEMO_REAL_WIDTHS:-$D_WIDTHS}          # WideResNet widths of every model, 1 unit/stage
+  SRC_STEPS=${DEMO_REAL_SRC_STEPS:-$D_SRC}       # adversarial training steps of the source model
+  SRC_BATCH=${DEMO_REAL_SRC_BATCH:-$D_SRC_BATCH} # its batch size
+  FT_STEPS=${DEMO_REAL_FT_STEPS:-$D_FT}          # teacher head finetuning steps (batch 64)
+  IGAM_STEPS=${DEMO_REAL_IGAM_STEPS:-$D_IGAM}    # student steps, both students (batch 64)
+  WARMUP=${DEMO_REAL_WARMUP:-$D_WARM}            # student steps before the IGAM terms start
+  BETA=${DEMO_REAL_BETA:-0.5}                    # IGAM student's discriminator weight
+  GAMMA=${DEMO_REAL_GAMMA:-5}                    # IGAM student's L2 (gradient distance) weight
+  NEVAL=${DEMO_REAL_NEVAL:-$D_NEVAL}             # test images of PGD-20 and alignment (0: all)
+  AA_N=${DEMO_REAL_AA_EXAMPLES:-$D_AA_N}         # first test images AutoAttack attacks
+  APGD_N=${DEMO_REAL_APGD_EXAMPLES:-$D_APGD_N}   # first test images of apgd_eps<E>
+  AA_ITER=${DEMO_REAL_AA_ITER:-$D_AA_ITER}       # APGD/FAB iterations (0: standard's 100)
+  AA_QUERIES=${DEMO_REAL_AA_QUERIES:-$D_AA_Q}    # Square queries (0: standard's 5000)
+  COMMON=(--device cpu --overwrite --seed "$SEED" --log_every 50 --eval.batch_size 100
+          --eval.num_examples "$NEVAL")
+}
 TIN_CLASSES=${DEMO_REAL_TIN_CLASSES:-0}        # first k Tiny-ImageNet classes as source (0: all 200)
-NEVAL=${DEMO_REAL_NEVAL:-$D_NEVAL}             # test images attacked and evaluated (0: all)
-AA_N=${DEMO_REAL_AA_EXAMPLES:-$D_AA_N}         # first test images AutoAttack attacks
-AA_ITER=${DEMO_REAL_AA_ITER:-$D_AA_ITER}       # APGD/FAB iterations (0: standard's 100)
-AA_QUERIES=${DEMO_REAL_AA_QUERIES:-$D_AA_Q}    # Square queries (0: standard's 5000)
 # attacks on the target test set, each a result column:
 #   pgd20_eps<E>      PGD-20 (step E/4, random start) at L-inf eps E/255 on the first NEVAL images
 #   apgd_eps<E>       AutoAttack's APGD-CE + APGD-T (standard settings) on the first APGD_N images
 #   autoattack_eps<E> AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square) on the first AA_N
 #                     images (AA_ITER / AA_QUERIES > 0 reduce it: its JSON then says "reduced")
 #   fgsm, pgds20, ... configs/attack_<name>.yaml as it is, on the first NEVAL images
-read -r -a ATTACKS <<< "${DEMO_REAL_ATTACKS:-pgd20_eps2 pgd20_eps4 pgd20_eps8 autoattack_eps8}"
-APGD_N=${DEMO_REAL_APGD_EXAMPLES:-$NEVAL}      # first test images of apgd_eps<E>
+if [ "${DEMO_REAL_TINY:-0}" = 1 ]; then
+  D_ATTACKS="pgd20_eps2 pgd20_eps4 pgd20_eps8 apgd_eps8 autoattack_eps8"
+else
+  D_ATTACKS="pgd20_eps2 pgd20_eps4 pgd20_eps8 apgd_eps4 apgd_eps8 autoattack_eps4 autoattack_eps8"
+fi
+read -r -a ATTACKS <<< "${DEMO_REAL_ATTACKS:-$D_ATTACKS}"
 attack_args() {  # $1 attack name -> the array A of pgd_attack.py / run_attack.py options
   local e
   case $1 in
@@ -111,45 +147,63 @@ attack_args() {  # $1 attack name -> the array A of pgd_attack.py / run_attack.p
   A+=(--attack_name "$1")
 }
 
-COMMON=(--device cpu --overwrite --seed "$SEED" --log_every 50 --eval.batch_size 100
-        --eval.num_examples "$NEVAL")
-decay() { echo $(( $1 * 3 / 4 )); }  # lr 0.05, then 0.01 for the last quarter of the steps
+# learning rates: the source 0.1, 0.02 after 2/3 of its steps, 0.004 after 7/8 (0.1 throughout
+# when too few steps to split); the students 0.05, then 0.01 for the last quarter
+source_lr() {
+  local a=$(( $1 * 2 / 3 )) b=$(( $1 * 7 / 8 ))
+  if [ "$a" -gt 0 ] && [ "$b" -gt "$a" ]; then echo "[[0, 0.1], [$a, 0.02], [$b, 0.004]]"
+  else echo "[[0, 0.1]]"; fi
+}
+student_lr() { echo "[[0, 0.05], [$(( $1 * 3 / 4 )), 0.01]]"; }
+
+# wall-clock seconds of each step, one line "pair<TAB>step<TAB>seconds" in $OUT/times.tsv
+timed() {  # $1 pair, $2 step name, then the command
+  local t0; t0=$(date +%s)
+  "${@:3}"
+  printf '%s\t%s\t%s\n' "$1" "$2" "$(( $(date +%s) - t0 ))" >> "$OUT/times.tsv"
+}
 
 # 3. one transfer pair: $1 pair name, $2 advtrain config, $3 finetune config, $4 IGAM config,
-#    then the arrays SRC_DATA, TGT_DATA and TEACHER (extra options of the teacher) are used.
+#    then the arrays SRC_DATA, TGT_DATA and TEACHER (extra options of the teacher) and the
+#    settings are used.
 run_pair() {
   local P=$OUT/$1
-  $PY train_advtrain_tinyimagenet.py --config "$2" "${COMMON[@]}" "${SRC_DATA[@]}" \
+  echo "== $1 (seed $SEED): source $SRC_STEPS steps, teacher head $FT_STEPS, students $IGAM_STEPS"
+  timed "$1" source $PY train_advtrain_tinyimagenet.py --config "$2" "${COMMON[@]}" "${SRC_DATA[@]}" \
     --model_dir "$P/source" --model.widths "$WIDTHS" --model.units_per_stage 1 \
-    --train.steps "$SRC_STEPS" --train.batch_size 32 \
-    --train.lr_schedule "[[0, 0.05], [$(decay "$SRC_STEPS"), 0.01]]" \
-    --attack.steps 3 --attack.step_size 4 --checkpoint_every 100
-  $PY finetune_teacher.py --config "$3" "${COMMON[@]}" "${TGT_DATA[@]}" "${TEACHER[@]}" \
+    --train.steps "$SRC_STEPS" --train.batch_size "$SRC_BATCH" \
+    --train.lr_schedule "$(source_lr "$SRC_STEPS")" \
+    --attack.steps 3 --attack.step_size 3 --checkpoint_every 100
+  timed "$1" finetuned_teacher $PY finetune_teacher.py --config "$3" "${COMMON[@]}" "${TGT_DATA[@]}" "${TEACHER[@]}" \
     --model_dir "$P/finetuned_teacher" --source_model_dir "$P/source" \
     --finetune.steps "$FT_STEPS" --finetune.batch_size 64 --finetune.lr 0.01 \
     --checkpoint_every 100
   for name in igam_student baseline_student; do
     if [ "$name" = igam_student ]; then W=(--igam.beta "$BETA" --igam.gamma "$GAMMA");
     else W=(--igam.beta 0 --igam.gamma 0); fi
-    $PY train_igam.py --config "$4" "${COMMON[@]}" "${TGT_DATA[@]}" \
+    timed "$1" "$name" $PY train_igam.py --config "$4" "${COMMON[@]}" "${TGT_DATA[@]}" \
       --model_dir "$P/$name" --teacher_dir "$P/finetuned_teacher" \
       --student.widths "$WIDTHS" --student.units_per_stage 1 \
       --discriminator.num_conv_layers 3 --discriminator.base_channels 8 \
       --igam.steps_before_adv_opt "$WARMUP" --igam.disc_update_steps 1 "${W[@]}" \
-      --train.steps "$IGAM_STEPS" --train.batch_size 32 \
-      --train.lr_schedule "[[0, 0.05], [$(decay "$IGAM_STEPS"), 0.01]]" --checkpoint_every 100
+      --train.steps "$IGAM_STEPS" --train.batch_size 64 \
+      --train.lr_schedule "$(student_lr "$IGAM_STEPS")" --checkpoint_every 100
   done
   # attacks on the target test set (dataset and class subset from each model's checkpoint)
   for model in finetuned_teacher igam_student baseline_student; do
     for attack in "${ATTACKS[@]}"; do
       attack_args "$attack"
-      for script in pgd_attack.py run_attack.py; do
-        $PY "$script" "${A[@]}" --model_dir "$P/$model" --device cpu --seed "$SEED" \
-          --attack_dir "$P/attacks" > /dev/null
-      done
+      timed "$1" "$model $attack" attack_and_evaluate "$P" "$model"
     done
   done
-  gradient_picture "$P"
+  timed "$1" input_gradients gradient_picture "$P"
+}
+
+attack_and_evaluate() {  # $1 pair folder, $2 model; the options A of attack_args
+  for script in pgd_attack.py run_attack.py; do
+    $PY "$script" "${A[@]}" --model_dir "$1/$2" --device cpu --seed "$SEED" \
+      --attack_dir "$1/attacks" > /dev/null
+  done
 }
 
 # input gradients of the teacher and both students: picture + alignment (mean cosine over the
@@ -161,24 +215,32 @@ gradient_picture() {
     --out "$1/input_gradients.png" > /dev/null
 }
 
-# (a) Tiny-ImageNet -> CIFAR-10: the paper's pair, teacher upresizes the 32x32 images to 64x64
-SRC_DATA=(--data.root "$TIN" --data.num_classes "$TIN_CLASSES")
-TGT_DATA=(--data.dataset cifar10 --data.root "$C10")
-TEACHER=()
-run_pair tinyimagenet_to_cifar10 configs/advtrain_tinyimagenet.yaml \
-  configs/finetune_tinyimagenet_to_cifar10.yaml configs/igam_tinyimagenet_to_cifar10.yaml
+for pair in "${PAIR_NAMES[@]}"; do
+  case $pair in
+    tinyimagenet_to_cifar10)
+      # (a) the paper's pair: the teacher upresizes the 32x32 CIFAR-10 images to 64x64
+      settings tin
+      SRC_DATA=(--data.root "$TIN" --data.num_classes "$TIN_CLASSES")
+      TGT_DATA=(--data.dataset cifar10 --data.root "$C10")
+      TEACHER=()
+      run_pair "$pair" configs/advtrain_tinyimagenet.yaml \
+        configs/finetune_tinyimagenet_to_cifar10.yaml configs/igam_tinyimagenet_to_cifar10.yaml ;;
+    cifar10_0-4_to_5-9)
+      # (b) same image size, disjoint classes (like the paper's CIFAR-10 -> CIFAR-100)
+      settings c10
+      SRC_DATA=(--data.dataset cifar10 --data.root "$C10" --data.classes 0,1,2,3,4)
+      TGT_DATA=(--data.dataset cifar10 --data.root "$C10" --data.classes 5,6,7,8,9)
+      TEACHER=(--teacher.upresize_to 0 --teacher.standardization source)
+      run_pair "$pair" configs/advtrain_cifar10.yaml \
+        configs/finetune_cifar10_to_cifar100.yaml configs/igam_cifar10_to_cifar100.yaml ;;
+  esac
+done
 
-# (b) CIFAR-10 classes 0-4 -> 5-9: same images size, disjoint classes (like CIFAR-10 -> 100)
-SRC_DATA=(--data.dataset cifar10 --data.root "$C10" --data.classes 0,1,2,3,4)
-TGT_DATA=(--data.dataset cifar10 --data.root "$C10" --data.classes 5,6,7,8,9)
-TEACHER=(--teacher.upresize_to 0 --teacher.standardization source)
-run_pair cifar10_0-4_to_5-9 configs/advtrain_cifar10.yaml \
-  configs/finetune_cifar10_to_cifar100.yaml configs/igam_cifar10_to_cifar100.yaml
-
-# 4. one table
-PAIRS=("$OUT/tinyimagenet_to_cifar10" "$OUT/cifar10_0-4_to_5-9")
-$PY -m igam.eval.report "${PAIRS[@]}" \
+# 4. one table (with --describe: which attack ran on how many images, per column)
+DIRS=(); ALIGN=()
+for pair in "${PAIR_NAMES[@]}"; do DIRS+=("$OUT/$pair"); ALIGN+=("$OUT/$pair/input_gradients.json"); done
+$PY -m igam.eval.report "${DIRS[@]}" \
   --rows finetuned_teacher igam_student baseline_student --attacks "${ATTACKS[@]}" --chance \
-  --alignment "${PAIRS[0]}/input_gradients.json" "${PAIRS[1]}/input_gradients.json" \
-  --out "$OUT/results.json"
+  --describe --nest --alignment "${ALIGN[@]}" --out "$OUT/results.json"
 echo "demo_real finished in $(( $(date +%s) - start )) s (seed $SEED); results in $OUT/results.json"
+echo "times (s) per step: $OUT/times.tsv"

@@ -12,7 +12,7 @@ refused: the table shows only numbers of the models in the folders.
 Attack names ``pgds20`` are reported as ``pgd20`` (the original's names carry an 's').
 With several folders (e.g. one per transfer pair, scripts/demo_real.sh) the same rows are
 read from each: one table with rows ``<folder name>/<row>``, and the JSON is nested,
-``{folder name: {row: {...}}}``.
+``{folder name: {row: {...}}}`` (``--nest``: also for one folder).
 ``--alignment`` (JSONs of ``python -m igam.eval.visualize``, one per folder) adds the column
 ``alignment``: a student's mean cosine similarity with the teacher's input gradients, 1 for
 the teacher's own row (trivially), null ("-") for the other rows.
@@ -20,6 +20,10 @@ the teacher's own row (trivially), null ("-") for the other rows.
 constant classifier on the test images of the first row's first attack (the most frequent
 class's share, recorded by run_attack.py as ``chance_accuracy``), the floor every number of
 that folder is read against.
+``--describe`` adds to each folder's JSON an entry ``"columns"``: for each attack column, what
+ran (e.g. ``autoattack standard linf eps 4``, with AutoAttack's attacks) and on how many test
+images of which split, read from the first row's record - so a table that mixes attacks run on
+different numbers of images says so.
 
     python -m igam.eval.report --records models/* [--out records.json]
 
@@ -32,7 +36,10 @@ source, examples, clean and adversarial accuracy, from the records themselves.
         --out summary.json
 
 summarises repeated runs (seeds) of one table: every cell becomes its mean, population std,
-min, max and values (printed as mean+-std); the JSON is ``{"runs": [files], "summary": ...}``.
+min, max and values (printed as mean+-std); ``chance`` and ``columns`` entries equal in every
+run stay as they are; tables nested by pair are summarised pair by pair over the files that
+hold it (one file per pair and seed works as well as one per seed); the JSON is
+``{"runs": [files], "summary": ...}``.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from igam.errors import IGAMError
 from igam.eval.records import EVAL_RECORD, SHORT, describe_attack
@@ -47,6 +55,9 @@ from igam.run.cli import run_main
 from igam.run.files import write_json
 from igam.run.provenance import file_sha256
 from igam.run.rundir import CHECKPOINT_NAME
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def column(attack: str) -> str:
@@ -107,6 +118,23 @@ def chance(run_dir: Path, row: str, attack: str) -> float:
         raise IGAMError(f"{path} has no chance_accuracy (written by run_attack.py since "
                         "#17): rerun run_attack.py for it")
     return round(100 * res["chance_accuracy"], 2)
+
+
+def describe_columns(run_dir: Path, row: str, attacks: list[str]) -> dict:
+    """``{column: {"attack", "attacks", "n", "split"}}`` of ``<row>/eval_<attack>.json``: the
+    attack's one-line description, AutoAttack's attack list (else null), the number of test
+    images and their split."""
+    out = {}
+    for attack in attacks:
+        path = run_dir / row / f"eval_{attack}.json"
+        res = read_result(path)
+        a = res.get("attack")
+        if res.get("record") != EVAL_RECORD or not isinstance(a, dict):
+            raise IGAMError(f"{path} has no attack record (written by run_attack.py since "
+                            "#16): rerun run_attack.py for it")
+        out[column(attack)] = {"attack": describe_attack(a), "attacks": a.get("attacks"),
+                               "n": res.get("n"), "split": res.get("dataset")}
+    return out
 
 
 def list_records(run_dirs: list[Path]) -> list[dict]:
@@ -184,16 +212,20 @@ def add_alignment(table: dict, alignment: dict, path: Path) -> dict:
     return table
 
 
+KEPT = ("chance", "columns")  # entries of a folder that describe it rather than measure a model
+
+
 def summarize(runs: list[dict]) -> dict:
     """Mean and spread over repeated runs (e.g. seeds) of the same table: every number of the
     tables (nested alike) becomes ``{"mean", "std" (population), "min", "max", "values"}``;
-    ``None`` values (e.g. the alignment of a row without one) stay None, and a ``chance``
-    entry equal in every run (the same test images) stays that number."""
+    ``None`` values (e.g. the alignment of a row without one) stay None, and ``chance`` /
+    ``columns`` entries equal in every run (the same test images and attacks) stay as they
+    are."""
     first = runs[0]
     if isinstance(first, dict):
         if any(not isinstance(r, dict) or list(r) != list(first) for r in runs):
             raise IGAMError("the results to summarise do not have the same rows and columns")
-        return {k: (first[k] if k == "chance" and all(r[k] == first[k] for r in runs)
+        return {k: (first[k] if k in KEPT and all(r[k] == first[k] for r in runs)
                     else summarize([r[k] for r in runs])) for k in first}
     if any(v is None for v in runs):
         return None
@@ -202,6 +234,22 @@ def summarize(runs: list[dict]) -> dict:
     std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
     return {"mean": round(mean, 4), "std": round(std, 4), "min": min(values),
             "max": max(values), "values": values}
+
+
+def _is_nested(result: dict) -> bool:
+    """Whether a results JSON is nested by folder (pair): ``{pair: {row: {column: ...}}}``."""
+    return all(isinstance(v, dict) and any(isinstance(e, dict) and "clean" in e
+                                           for e in v.values()) for v in result.values())
+
+
+def summarize_pairs(runs: list[dict]) -> dict:
+    """:func:`summarize` of results JSONs; nested ones (``{pair: ...}``) are summarised pair
+    by pair over the runs that hold that pair, so that the pairs of one seed may come from
+    separate runs (e.g. ``DEMO_REAL_PAIRS=<pair>`` per job)."""
+    if not all(isinstance(r, dict) and r and _is_nested(r) for r in runs):
+        return summarize(runs)
+    pairs = list(dict.fromkeys(p for r in runs for p in r))
+    return {p: summarize([r[p] for r in runs if p in r]) for p in pairs}
 
 
 def _cell(column: str, value) -> str:
@@ -228,11 +276,13 @@ def format_result(result: dict) -> str:
     """The printed table of a results or summary JSON: a nested one (``{folder: {row: ...}}``)
     gets rows ``<folder>/<row>``; ``chance`` entries become one line below the table."""
     nested = all(isinstance(e, dict) and "mean" not in e for v in result.values()
-                 if isinstance(v, dict) for k, e in v.items() if k != "chance")
+                 if isinstance(v, dict) for k, e in v.items() if k not in KEPT)
     groups = result.items() if nested else [("", result)]
     rows, chances = {}, []
     for g, group in groups:
         for r, e in group.items():
+            if r == "columns":
+                continue
             if r == "chance":
                 value = e["mean"] if isinstance(e, dict) else e
                 chances.append(f"{g or 'all'} {value:.2f}%")
@@ -242,6 +292,42 @@ def format_result(result: dict) -> str:
     if chances:
         text += "\nchance (best constant classifier): " + ", ".join(chances)
     return text
+
+
+def eps_curves(result: dict) -> Image.Image:
+    """Accuracy (%) against PGD-20's eps for every row of a results or summary JSON (a
+    summary's means), one chart per folder (pair) side by side; eps 0 is the clean accuracy,
+    the ``chance`` entry a flat line. Columns ``pgd20_eps<E>`` give the eps values."""
+    from PIL import Image
+
+    from igam.eval import figures
+    if "summary" in result:
+        result = result["summary"]
+    groups = result if _is_nested(result) else {"": result}
+    charts = []
+    for name, group in groups.items():
+        rows = {r: e for r, e in group.items() if r not in KEPT}
+        eps = sorted({float(c[len("pgd20_eps"):]) for e in rows.values() for c in e
+                      if c.startswith("pgd20_eps")})
+        if not eps:
+            raise IGAMError(f"{name or 'the table'} has no pgd20_eps<E> columns to draw")
+
+        def value(v):
+            return None if v is None else float(v["mean"] if isinstance(v, dict) else v)
+        series = {r: [value(e.get("clean"))] + [value(e.get(f"pgd20_eps{x:g}")) for x in eps]
+                  for r, e in rows.items()}
+        if "chance" in group:
+            series["chance"] = [value(group["chance"])] * (len(eps) + 1)
+        charts.append(figures.line_chart(
+            ["0"] + [f"{x:g}" for x in eps], series, title=f"{name} PGD-20 accuracy vs eps",
+            x_title="eps (L-inf, /255; 0 = clean)"))
+    img = Image.new("RGB", (sum(c.width for c in charts), max(c.height for c in charts)),
+                    (255, 255, 255))
+    x = 0
+    for c in charts:
+        img.paste(c, (x, 0))
+        x += c.width
+    return img
 
 
 def main(argv=None):
@@ -259,10 +345,18 @@ def main(argv=None):
     p.add_argument("--chance", action="store_true",
                    help="add each folder's chance level (%%, best constant classifier) as the "
                         "entry 'chance' of its JSON")
+    p.add_argument("--describe", action="store_true",
+                   help="add each folder's entry 'columns': per attack column, the attack and "
+                        "the number of test images it ran on")
+    p.add_argument("--nest", action="store_true",
+                   help="nest the JSON by folder name ({folder: {row: ...}}) also for one folder")
     p.add_argument("--records", type=Path, nargs="+", default=None, metavar="RUN_DIR",
                    help="instead of the table: list the evaluation records of these run "
                         "folders (e.g. models/*)")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--eps_curves", type=Path, default=None, metavar="RESULTS_JSON",
+                   help="instead: draw accuracy against PGD-20's eps per row of this results "
+                        "or summary JSON (one chart per pair) into the PNG --out")
     p.add_argument("--curves", type=Path, nargs="+", default=None, metavar="RUN_DIR",
                    help="instead: draw the training curves of these runs into the PNG --out "
                         "(igam.eval.curves)")
@@ -272,6 +366,15 @@ def main(argv=None):
         if args.out is None:
             raise IGAMError("--curves needs --out FILE.png")
         print(f"curves written to {write_curves(args.curves, args.out)}")
+        return
+    if args.eps_curves:
+        from igam.eval.figures import save_png
+        if args.out is None:
+            raise IGAMError("--eps_curves needs --out FILE.png")
+        if not args.eps_curves.is_file():
+            raise IGAMError(f"{args.eps_curves} not found: run the experiment for it first")
+        print(f"eps curves written to "
+              f"{save_png(eps_curves(json.loads(args.eps_curves.read_text())), args.out)}")
         return
     if args.records:
         entries = list_records(args.records)
@@ -288,7 +391,7 @@ def main(argv=None):
             if not path.is_file():
                 raise IGAMError(f"{path} not found: run the experiment for it first")
             runs.append(json.loads(path.read_text()))
-        result = summarize(runs)
+        result = summarize_pairs(runs)
         print(f"mean +- std over {len(runs)} runs")
         print(format_result(result))
         if args.out is not None:
@@ -307,8 +410,10 @@ def main(argv=None):
             add_alignment(rows, read_alignment(args.alignment[i]), args.alignment[i])
         if args.chance:
             rows["chance"] = chance(run_dir, args.rows[0], args.attacks[0])
+        if args.describe:
+            rows["columns"] = describe_columns(run_dir, args.rows[0], args.attacks)
         groups[run_dir.name] = rows
-    if len(args.run_dirs) == 1:
+    if len(args.run_dirs) == 1 and not args.nest:
         result = groups[args.run_dirs[0].name]
     else:
         if len(groups) < len(args.run_dirs):

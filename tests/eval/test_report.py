@@ -8,6 +8,7 @@ import pytest
 
 from igam.errors import IGAMError
 from igam.eval import report
+from igam.eval.records import EVAL_RECORD
 
 
 def test_table_with_alignment_column(tmp_path):
@@ -83,3 +84,85 @@ def test_chance_accuracy_is_the_most_frequent_class_share():
     assert chance_accuracy([0, 0, 1, 2]) == 0.5
     assert chance_accuracy([3, 3, 3]) == 1.0
     assert chance_accuracy([]) == 0.0
+
+
+def test_describe_says_what_each_column_ran_on(tmp_path):
+    """--describe: each folder's JSON gets, per column, the attack's description and how many
+    test images of which split it ran on (from the first row's record); --summarize keeps it;
+    the printed table does not show it as a row; a result without a record is refused."""
+    runs = {"pgds20_eps4": ({"method": "pgd", "norm": "linf", "eps": 4.0, "steps": 20,
+                             "step_size": 1.0}, 1000),
+            "autoattack_eps4": ({"method": "autoattack", "norm": "linf", "eps": 4.0,
+                                 "version": "standard", "n_iter": 0, "n_queries": 0,
+                                 "attacks": ["apgd-ce", "apgd-t", "fab-t", "square"]}, 200)}
+    for row in ("teacher", "student"):
+        (tmp_path / "a" / row).mkdir(parents=True)
+        for name, (attack, n) in runs.items():
+            (tmp_path / "a" / row / f"eval_{name}.json").write_text(json.dumps(
+                {"record": EVAL_RECORD, "clean_accuracy": 0.5, "adv_accuracy": 0.25, "n": n,
+                 "dataset": "cifar10/test[classes 5-9]", "attack": attack,
+                 "model": {"checkpoint_sha256": "0" * 64}}))
+    out = tmp_path / "results.json"
+    report.main([str(tmp_path / "a"), "--rows", "teacher", "student", "--attacks",
+                 *runs, "--describe", "--out", str(out)])
+    cols = json.loads(out.read_text())["columns"]
+    assert cols["pgd20_eps4"] == {"attack": "pgd linf eps 4, 20 steps of 1", "attacks": None,
+                                  "n": 1000, "split": "cifar10/test[classes 5-9]"}
+    assert cols["autoattack_eps4"]["n"] == 200
+    assert cols["autoattack_eps4"]["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert cols["autoattack_eps4"]["attack"] == "autoattack standard linf eps 4"
+    result = json.loads(out.read_text())
+    assert report.summarize([result, result])["columns"] == cols
+    report.main([str(tmp_path / "a"), "--rows", "teacher", "--attacks", *runs, "--nest",
+                 "--out", str(out)])  # one folder, nested by its name
+    assert list(json.loads(out.read_text())) == ["a"]
+    assert [line.split()[0] for line in report.format_result(result).splitlines()] == [
+        "model", "teacher", "student"]
+    (tmp_path / "a" / "teacher" / "eval_pgds20_eps4.json").write_text(
+        json.dumps({"clean_accuracy": 0.5, "adv_accuracy": 0.25}))
+    with pytest.raises(IGAMError, match="no attack record"):
+        report.describe_columns(tmp_path / "a", "teacher", ["pgds20_eps4"])
+
+
+def test_eps_curves_one_chart_per_pair(tmp_path):
+    """--eps_curves: accuracy against PGD-20's eps per row, one chart per pair side by side,
+    from a results JSON or a summary of them (means); a table without pgd20 columns fails."""
+    from PIL import Image
+    row = {"clean": 80.0, "pgd20_eps2": 60.0, "pgd20_eps4": 40.0, "pgd20_eps8": 20.0,
+           "autoattack_eps8": 18.0, "alignment": 0.5}
+    result = {p: {"teacher": row, "student": dict(row, clean=90.0), "chance": 20.0}
+              for p in ("a", "b")}
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(result))
+    summary = tmp_path / "summary.json"
+    report.main(["--summarize", str(results), str(results), "--out", str(summary)])
+    for source in (results, summary):
+        png = tmp_path / f"{source.stem}.png"
+        report.main(["--eps_curves", str(source), "--out", str(png)])
+        with Image.open(png) as img:
+            single = report.eps_curves({"teacher": row})
+            assert img.size == (2 * single.width, single.height)
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"teacher": {"clean": 1.0, "fgsm": 0.5}}))
+    with pytest.raises(IGAMError, match="no pgd20_eps"):
+        report.main(["--eps_curves", str(bare), "--out", str(tmp_path / "x.png")])
+
+
+def test_summarize_pairs_from_separate_files(tmp_path):
+    """Pairs of one seed may come in separate files (one run per pair and seed): --summarize
+    summarises each pair over the files holding it; flat tables must still match."""
+    def table(pair, clean):
+        return {pair: {"teacher": {"clean": clean, "pgd20_eps4": clean / 2}, "chance": 20.0}}
+    files = []
+    for i, (pair, clean) in enumerate([("a", 50.0), ("b", 30.0), ("a", 60.0), ("b", 40.0)]):
+        files.append(tmp_path / f"{pair}{i}.json")
+        files[-1].write_text(json.dumps(table(pair, clean)))
+    out = tmp_path / "summary.json"
+    report.main(["--summarize", *map(str, files), "--out", str(out)])
+    summary = json.loads(out.read_text())["summary"]
+    assert list(summary) == ["a", "b"]
+    assert summary["a"]["teacher"]["clean"]["values"] == [50.0, 60.0]
+    assert summary["b"]["teacher"]["pgd20_eps4"]["mean"] == 17.5
+    assert summary["b"]["chance"] == 20.0
+    with pytest.raises(IGAMError, match="same rows and columns"):
+        report.summarize_pairs([{"teacher": {"clean": 1.0}}, {"student": {"clean": 1.0}}])

@@ -43,21 +43,28 @@ def test_demo_real_script_end_to_end(real_data, tmp_path):
     proc = run_demo(tmp_path, real_data, DEMO_REAL_VALIDATE="1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "out"
-    # validation mode: CIFAR-10 is the real training set less 100 held-out images per class
+    # validation mode: CIFAR-10 is the real training set less 200 held-out images per class
     holdout = json.loads((out / "validation_data" / "HOLDOUT.json").read_text())
-    assert (holdout["n_train"], holdout["n_validation"], holdout["seed"]) == (4000, 1000, 0)
+    assert (holdout["n_train"], holdout["n_validation"], holdout["seed"]) == (3000, 2000, 0)
     assert holdout["source"] == str(real_data.resolve())
     results = json.loads((out / "results.json").read_text())
     assert list(results) == list(PAIRS)
     for pair, (test_name, src_classes, tgt_classes) in PAIRS.items():
-        assert list(results[pair]) == ROWS + ["chance"]
+        assert list(results[pair]) == ROWS + ["chance", "columns"]
+        columns = results[pair]["columns"]
+        assert list(columns) == [*EPS, "apgd_eps8", "autoattack_eps8"]
+        assert columns["apgd_eps8"]["attacks"] == ["apgd-ce", "apgd-t"]
+        assert columns["apgd_eps8"]["n"] == 10
+        assert columns["autoattack_eps8"]["n"] == 10 and columns["pgd20_eps4"]["n"] == 20
+        assert columns["pgd20_eps4"]["attack"] == "pgd linf eps 4, 20 steps of 1"
+        assert columns["autoattack_eps8"]["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
         first = json.loads((out / pair / "finetuned_teacher" / "eval_pgd20_eps2.json").read_text())
         assert results[pair]["chance"] == round(100 * first["chance_accuracy"], 2)
         assert results[pair]["chance"] >= 100 / (5 if tgt_classes else 10)  # 20 test images
         for row in ROWS:
             d = out / pair / row
             entry = results[pair][row]
-            assert list(entry) == ["clean", *EPS, "autoattack_eps8", "alignment"]
+            assert list(entry) == ["clean", *EPS, "apgd_eps8", "autoattack_eps8", "alignment"]
             name = run_name(d)  # the attack files: <row>-<path hash>_<attack>_attack.*
             aa = json.loads((out / pair / "attacks" / f"{name}_autoattack_eps8_attack.json")
                             .read_text())
@@ -104,7 +111,7 @@ def test_demo_real_script_end_to_end(real_data, tmp_path):
         assert teacher["arch"]["upresize_to"] == (None if src_classes else 64)
         # the baseline is the IGAM student with beta = gamma = 0 and nothing else changed
         igam, base = config(out / pair / "igam_student"), config(out / pair / "baseline_student")
-        assert (igam["igam"]["beta"], igam["igam"]["gamma"]) == (1.0, 10.0)
+        assert (igam["igam"]["beta"], igam["igam"]["gamma"]) == (0.5, 5.0)
         assert (base["igam"]["beta"], base["igam"]["gamma"]) == (0.0, 0.0)
         for cfg in (igam, base):
             cfg.pop("model_dir")
@@ -117,6 +124,14 @@ def test_demo_real_script_end_to_end(real_data, tmp_path):
             assert f"{pair}/{row}" in table
     assert "pgd20_eps4" in table and "chance (best constant classifier)" in table
     assert "demo_real finished" in table
+    # wall-clock seconds of every step, per pair
+    steps = [line.split("\t") for line in (out / "times.tsv").read_text().splitlines()]
+    for pair in PAIRS:
+        done = [s[1] for s in steps if s[0] == pair]
+        assert done[:4] == ["source", "finetuned_teacher", "igam_student", "baseline_student"]
+        assert f"igam_student {next(iter(EPS))}" in done and done[-1] == "input_gradients"
+        assert len(done) == 4 + 3 * (len(EPS) + 2) + 1
+    assert all(int(s[2]) >= 0 for s in steps)
 
 
 def test_demo_real_missing_data_says_where_to_put_it(tmp_path):
@@ -126,6 +141,14 @@ def test_demo_real_missing_data_says_where_to_put_it(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: real CIFAR-10 not found")
     assert "cifar-10-batches-py" in lines[0] and "IGAM_REAL_DATA" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_real_unknown_pair(tmp_path):
+    proc = run_demo(tmp_path, tmp_path, DEMO_REAL_PAIRS="cifar10_0-4_to_5-9 cifar100")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "DEMO_REAL_PAIRS: unknown pair 'cifar100'" in lines[0]
     assert not (tmp_path / "out").exists()
 
 
