@@ -20,7 +20,12 @@
 # Data: IGAM_REAL_DATA (default datasets/) holds cifar10/cifar-10-batches-py/ (or
 #   cifar-10-batches-py/ directly) and tiny-imagenet-200/ (docs/pipeline.md "Datasets").
 # Repeats: DEMO_REAL_SEEDS="0 1 2" runs the whole experiment once per seed (into
-#   $DEMO_REAL_DIR/seed_<s>/) and writes their mean and spread to $DEMO_REAL_DIR/summary.json.
+#   $DEMO_REAL_DIR/seed_<s>/) and writes their mean and spread to $DEMO_REAL_DIR/summary.json,
+#   with per pair the share of the teacher's margin over the baseline the IGAM student recovers
+#   and its clean cost ("transfer"). Pairs and seeds may also run as separate jobs
+#   (DEMO_REAL_PAIRS=<pair> DEMO_REAL_SEED=<s> DEMO_REAL_DIR=<dir>) and be summarised together:
+#   python -m igam.eval.report --summarize <dir>/results.json ... --transfer finetuned_teacher
+#   igam_student baseline_student --out summary.json
 # Validation: DEMO_REAL_VALIDATE=1 holds out 200 CIFAR-10 training images per class
 #   (python -m igam.data.holdout, into $DEMO_REAL_DIR/validation_data/) and runs everything on
 #   the rest, so the "test" columns are validation accuracies: choose settings this way, never
@@ -50,7 +55,8 @@ if [ -n "${DEMO_REAL_SEEDS:-}" ]; then
     DEMO_REAL_SEEDS="" DEMO_REAL_SEED=$s DEMO_REAL_DIR=$OUT/seed_$s bash "$ROOT/scripts/demo_real.sh"
     files+=("$OUT/seed_$s/results.json")
   done
-  $PY -m igam.eval.report --summarize "${files[@]}" --out "$OUT/summary.json"
+  $PY -m igam.eval.report --summarize "${files[@]}" --out "$OUT/summary.json" \
+    --transfer finetuned_teacher igam_student baseline_student
   echo "demo_real ($DEMO_REAL_SEEDS) finished in $(( $(date +%s) - start )) s; summary in $OUT/summary.json"
   exit 0
 fi
@@ -87,14 +93,15 @@ if [ "${DEMO_REAL_VALIDATE:-0}" = 1 ]; then
 fi
 
 # 2. settings of a pair: $1 = tin (Tiny-ImageNet -> CIFAR-10) or c10 (CIFAR-10 0-4 -> 5-9).
-#    The defaults were chosen on a validation split (docs/results.md, "Settings"); DEMO_REAL_TINY=1
+#    The defaults were chosen on a validation split (docs/results.md, "How the settings were
+#    chosen"; the Tiny-ImageNet pair's not yet); DEMO_REAL_TINY=1
 #    gives the smallest settings that run every step. Each DEMO_REAL_* variable overrides its
 #    setting for both pairs.
 settings() {
   if [ "${DEMO_REAL_TINY:-0}" = 1 ]; then
     D_WIDTHS=4,4,8,16; D_SRC=2; D_SRC_BATCH=8; D_FT=2; D_IGAM=2; D_WARM=1; D_NEVAL=20
     D_AA_N=10; D_APGD_N=10; D_AA_ITER=2; D_AA_Q=10
-  elif [ "$1" = tin ]; then
+  elif [ "$1" = tin ]; then  # not chosen yet: one try so far (docs/results.md)
     D_WIDTHS=16,16,32,64; D_SRC=1200; D_SRC_BATCH=32; D_FT=300; D_IGAM=600; D_WARM=150
     D_NEVAL=1000; D_AA_N=100; D_APGD_N=500; D_AA_ITER=0; D_AA_Q=0
   else

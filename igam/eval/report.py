@@ -35,7 +35,9 @@ source, examples, clean and adversarial accuracy, from the records themselves.
     python -m igam.eval.report --summarize seed_0/results.json seed_1/results.json \
         --out summary.json
 
-summarises repeated runs (seeds) of one table: every cell becomes its mean, population std,
+summarises repeated runs (seeds) of one table (``--transfer TEACHER STUDENT BASELINE`` adds
+per table the share of the teacher's margin over the baseline the student recovers and its
+clean cost, from each run's rows): every cell becomes its mean, population std,
 min, max and values (printed as mean+-std); ``chance`` and ``columns`` entries equal in every
 run stay as they are; tables nested by pair are summarised pair by pair over the files that
 hold it (one file per pair and seed works as well as one per seed); the JSON is
@@ -213,6 +215,7 @@ def add_alignment(table: dict, alignment: dict, path: Path) -> dict:
 
 
 KEPT = ("chance", "columns")  # entries of a folder that describe it rather than measure a model
+NOT_ROWS = (*KEPT, "transfer")  # a folder's entries that are not a model's row
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -242,11 +245,36 @@ def _is_nested(result: dict) -> bool:
                                            for e in v.values()) for v in result.values())
 
 
-def summarize_pairs(runs: list[dict]) -> dict:
+def transfer(table: dict, teacher: str, student: str, baseline: str) -> dict:
+    """How much of the teacher's robustness the student got, from one table's rows:
+    ``margin_recovered`` per attack column, (student - baseline) / (teacher - baseline) (None
+    where the teacher is not above the baseline), and ``clean_cost``, the baseline's clean
+    accuracy minus the student's (points)."""
+    try:
+        t, s, b = table[teacher], table[student], table[baseline]
+    except KeyError as e:
+        raise IGAMError(f"--transfer: the table has no row {e}") from None
+    ratios = {}
+    for c in t:
+        if c in ("clean", "alignment") or not all(isinstance(r.get(c), (int, float))
+                                                    for r in (t, s, b)):
+            continue
+        margin = t[c] - b[c]
+        ratios[c] = round((s[c] - b[c]) / margin, 4) if margin > 0 else None
+    return {"margin_recovered": ratios, "clean_cost": round(b["clean"] - s["clean"], 2)}
+
+
+def summarize_pairs(runs: list[dict], rows: list[str] | None = None) -> dict:
     """:func:`summarize` of results JSONs; nested ones (``{pair: ...}``) are summarised pair
     by pair over the runs that hold that pair, so that the pairs of one seed may come from
-    separate runs (e.g. ``DEMO_REAL_PAIRS=<pair>`` per job)."""
-    if not all(isinstance(r, dict) and r and _is_nested(r) for r in runs):
+    separate runs (e.g. ``DEMO_REAL_PAIRS=<pair>`` per job). ``rows`` (teacher, student,
+    baseline) adds to each table, before summarising, the entry ``transfer``
+    (:func:`transfer`), so its mean and spread are over the runs' own ratios."""
+    nested = all(isinstance(r, dict) and r and _is_nested(r) for r in runs)
+    if rows:
+        runs = [{p: dict(t, transfer=transfer(t, *rows)) for p, t in r.items()} if nested
+                else dict(r, transfer=transfer(r, *rows)) for r in runs]
+    if not nested:
         return summarize(runs)
     pairs = list(dict.fromkeys(p for r in runs for p in r))
     return {p: summarize([r[p] for r in runs if p in r]) for p in pairs}
@@ -274,11 +302,12 @@ def format_table(table: dict) -> str:
 
 def format_result(result: dict) -> str:
     """The printed table of a results or summary JSON: a nested one (``{folder: {row: ...}}``)
-    gets rows ``<folder>/<row>``; ``chance`` entries become one line below the table."""
+    gets rows ``<folder>/<row>``; ``chance`` entries become one line below the table, and
+    ``transfer`` entries one line each."""
     nested = all(isinstance(e, dict) and "mean" not in e for v in result.values()
-                 if isinstance(v, dict) for k, e in v.items() if k not in KEPT)
+                 if isinstance(v, dict) for k, e in v.items() if k not in NOT_ROWS)
     groups = result.items() if nested else [("", result)]
-    rows, chances = {}, []
+    rows, chances, transfers = {}, [], []
     for g, group in groups:
         for r, e in group.items():
             if r == "columns":
@@ -286,12 +315,26 @@ def format_result(result: dict) -> str:
             if r == "chance":
                 value = e["mean"] if isinstance(e, dict) else e
                 chances.append(f"{g or 'all'} {value:.2f}%")
+            elif r == "transfer":
+                transfers.append(f"{g or 'table'}: margin recovered " + ", ".join(
+                    f"{c} {_number(v)}" for c, v in e["margin_recovered"].items())
+                    + f"; clean cost {_number(e['clean_cost'])} points")
             else:
                 rows[f"{g}/{r}" if g else r] = e
     text = format_table(rows)
     if chances:
         text += "\nchance (best constant classifier): " + ", ".join(chances)
+    if transfers:
+        text += "\n(student - baseline) / (teacher - baseline):\n" + "\n".join(transfers)
     return text
+
+
+def _number(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        return f"{value['mean']:.2f}+-{value['std']:.2f}"
+    return f"{value:.2f}"
 
 
 def eps_curves(result: dict) -> Image.Image:
@@ -306,7 +349,7 @@ def eps_curves(result: dict) -> Image.Image:
     groups = result if _is_nested(result) else {"": result}
     charts = []
     for name, group in groups.items():
-        rows = {r: e for r, e in group.items() if r not in KEPT}
+        rows = {r: e for r, e in group.items() if r not in NOT_ROWS}
         eps = sorted({float(c[len("pgd20_eps"):]) for e in rows.values() for c in e
                       if c.startswith("pgd20_eps")})
         if not eps:
@@ -337,6 +380,11 @@ def main(argv=None):
     p.add_argument("--summarize", type=Path, nargs="+", default=None, metavar="RESULTS_JSON",
                    help="instead of run folders: results.json files of repeated runs (e.g. "
                         "seeds); writes their mean and spread")
+    p.add_argument("--transfer", nargs=3, default=None,
+                   metavar=("TEACHER", "STUDENT", "BASELINE"),
+                   help="with --summarize: add per table the entry 'transfer', the share of the "
+                        "teacher's margin over the baseline that the student recovers per "
+                        "attack column and the student's clean cost, from each run's rows")
     p.add_argument("--rows", nargs="+", default=None)
     p.add_argument("--attacks", nargs="+", default=["fgsm", "pgds20"])
     p.add_argument("--alignment", type=Path, nargs="+", default=None,
@@ -391,7 +439,7 @@ def main(argv=None):
             if not path.is_file():
                 raise IGAMError(f"{path} not found: run the experiment for it first")
             runs.append(json.loads(path.read_text()))
-        result = summarize_pairs(runs)
+        result = summarize_pairs(runs, args.transfer)
         print(f"mean +- std over {len(runs)} runs")
         print(format_result(result))
         if args.out is not None:

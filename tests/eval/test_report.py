@@ -166,3 +166,36 @@ def test_summarize_pairs_from_separate_files(tmp_path):
     assert summary["b"]["chance"] == 20.0
     with pytest.raises(IGAMError, match="same rows and columns"):
         report.summarize_pairs([{"teacher": {"clean": 1.0}}, {"student": {"clean": 1.0}}])
+
+
+def test_transfer_share_of_the_teacher_margin(tmp_path):
+    """--summarize --transfer: per run, (student - baseline) / (teacher - baseline) per attack
+    column and the clean cost, then their mean and spread; printed below the table."""
+    def run(student_aa):
+        return {"p": {"teacher": {"clean": 70.0, "autoattack_eps4": 45.0, "alignment": 1.0},
+                      "igam": {"clean": 72.0, "autoattack_eps4": student_aa, "alignment": 0.3},
+                      "base": {"clean": 80.0, "autoattack_eps4": 15.0, "alignment": 0.1},
+                      "chance": 20.0}}
+    assert report.transfer(run(30.0)["p"], "teacher", "igam", "base") == {
+        "margin_recovered": {"autoattack_eps4": 0.5}, "clean_cost": 8.0}
+    files = []
+    for i, aa in enumerate((30.0, 36.0)):
+        files.append(tmp_path / f"s{i}.json")
+        files[-1].write_text(json.dumps(run(aa)))
+    out = tmp_path / "summary.json"
+    report.main(["--summarize", *map(str, files), "--transfer", "teacher", "igam", "base",
+                 "--out", str(out)])
+    t = json.loads(out.read_text())["summary"]["p"]["transfer"]
+    assert t["margin_recovered"]["autoattack_eps4"]["values"] == [0.5, 0.7]
+    assert t["clean_cost"]["mean"] == 8.0
+    text = report.format_result(json.loads(out.read_text())["summary"])
+    assert text.splitlines()[-1] == ("p: margin recovered autoattack_eps4 0.60+-0.10; clean "
+                                     "cost 8.00+-0.00 points")
+    assert [line.split()[0] for line in text.splitlines()[1:4]] == ["p/teacher", "p/igam",
+                                                                     "p/base"]
+    with pytest.raises(IGAMError, match="no row 'student'"):
+        report.transfer(run(30.0)["p"], "teacher", "student", "base")
+    flat = run(30.0)["p"]
+    flat["teacher"]["autoattack_eps4"] = 10.0  # teacher below the baseline: no ratio
+    assert report.transfer(flat, "teacher", "igam", "base")["margin_recovered"] == {
+        "autoattack_eps4": None}
