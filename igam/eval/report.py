@@ -304,17 +304,14 @@ def format_result(result: dict) -> str:
     """The printed table of a results or summary JSON: a nested one (``{folder: {row: ...}}``)
     gets rows ``<folder>/<row>``; ``chance`` entries become one line below the table, and
     ``transfer`` entries one line each."""
-    nested = all(isinstance(e, dict) and "mean" not in e for v in result.values()
-                 if isinstance(v, dict) for k, e in v.items() if k not in NOT_ROWS)
-    groups = result.items() if nested else [("", result)]
+    groups = result.items() if _is_nested(result) else [("", result)]
     rows, chances, transfers = {}, [], []
     for g, group in groups:
         for r, e in group.items():
             if r == "columns":
                 continue
             if r == "chance":
-                value = e["mean"] if isinstance(e, dict) else e
-                chances.append(f"{g or 'all'} {value:.2f}%")
+                chances.append(f"{g or 'all'} {_mean(e):.2f}%")
             elif r == "transfer":
                 transfers.append(f"{g or 'table'}: margin recovered " + ", ".join(
                     f"{c} {_number(v)}" for c, v in e["margin_recovered"].items())
@@ -327,6 +324,13 @@ def format_result(result: dict) -> str:
     if transfers:
         text += "\n(student - baseline) / (teacher - baseline):\n" + "\n".join(transfers)
     return text
+
+
+def _mean(value) -> float | None:
+    """A cell's number: itself, or a summary cell's mean (None stays None)."""
+    if value is None:
+        return None
+    return float(value["mean"] if isinstance(value, dict) else value)
 
 
 def _number(value) -> str:
@@ -354,13 +358,10 @@ def eps_curves(result: dict) -> Image.Image:
                       if c.startswith("pgd20_eps")})
         if not eps:
             raise IGAMError(f"{name or 'the table'} has no pgd20_eps<E> columns to draw")
-
-        def value(v):
-            return None if v is None else float(v["mean"] if isinstance(v, dict) else v)
-        series = {r: [value(e.get("clean"))] + [value(e.get(f"pgd20_eps{x:g}")) for x in eps]
+        series = {r: [_mean(e.get("clean"))] + [_mean(e.get(f"pgd20_eps{x:g}")) for x in eps]
                   for r, e in rows.items()}
         if "chance" in group:
-            series["chance"] = [value(group["chance"])] * (len(eps) + 1)
+            series["chance"] = [_mean(group["chance"])] * (len(eps) + 1)
         charts.append(figures.line_chart(
             ["0"] + [f"{x:g}" for x in eps], series, title=f"{name} PGD-20 accuracy vs eps",
             x_title="eps (L-inf, /255; 0 = clean)"))
