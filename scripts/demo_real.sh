@@ -33,6 +33,9 @@
 # Knobs (environment): DEMO_REAL_DIR (output folder), DEMO_REAL_SEED (one seed for every step),
 #   DEMO_REAL_PAIRS (default "tinyimagenet_to_cifar10 cifar10_0-4_to_5-9": the pairs to run),
 #   DEMO_REAL_TINY=1 (a few steps on a few test images: a smoke test, numbers meaningless),
+#   DEMO_REAL_RESUME=1 (continue an interrupted run in the same DEMO_REAL_DIR with the same
+#   settings: the steps times.tsv lists as finished are skipped, an interrupted training run
+#   continues from its last checkpoint, times.tsv is appended to),
 #   DEMO_REAL_ATTACKS (the result columns, see below),
 #   and the per-step ones below (DEMO_REAL_*).
 set -euo pipefail
@@ -83,9 +86,12 @@ if [[ " ${PAIR_NAMES[*]} " == *" tinyimagenet_to_cifar10 "* ]] && [ ! -d "$TIN/t
     "$DATA/ (giving $TIN/train/...), or set IGAM_REAL_DATA"
 fi
 mkdir -p "$OUT"
-: > "$OUT/times.tsv"
+RESUME=${DEMO_REAL_RESUME:-0}
+if [ "$RESUME" = 1 ]; then START=--resume; else START=--overwrite; : > "$OUT/times.tsv"; fi
 if [ "${DEMO_REAL_VALIDATE:-0}" = 1 ]; then
-  $PY -m igam.data.holdout --root "$C10" --out "$OUT/validation_data" --per_class 200 --seed 0
+  if [ "$RESUME" != 1 ] || [ ! -f "$OUT/validation_data/HOLDOUT.json" ]; then
+    $PY -m igam.data.holdout --root "$C10" --out "$OUT/validation_data" --per_class 200 --seed 0
+  fi
   C10=$OUT/validation_data
 fi
 
@@ -116,7 +122,7 @@ settings() {
   APGD_N=${DEMO_REAL_APGD_EXAMPLES:-$D_APGD_N}   # first test images of apgd_eps<E>
   AA_ITER=${DEMO_REAL_AA_ITER:-$D_AA_ITER}       # APGD/FAB iterations (0: standard's 100)
   AA_QUERIES=${DEMO_REAL_AA_QUERIES:-$D_AA_Q}    # Square queries (0: standard's 5000)
-  COMMON=(--device cpu --overwrite --seed "$SEED" --log_every 50 --eval.batch_size 100
+  COMMON=(--device cpu "$START" --seed "$SEED" --log_every 50 --eval.batch_size 100
           --eval.num_examples "$NEVAL")
 }
 TIN_CLASSES=${DEMO_REAL_TIN_CLASSES:-0}        # first k Tiny-ImageNet classes as source (0: all 200)
@@ -158,8 +164,13 @@ source_lr() {
 }
 student_lr() { echo "[[0, 0.05], [$(( $1 * 3 / 4 )), 0.01]]"; }
 
-# wall-clock seconds of each step, one line "pair<TAB>step<TAB>seconds" in $OUT/times.tsv
+# wall-clock seconds of each step, one line "pair<TAB>step<TAB>seconds" in $OUT/times.tsv,
+# written when the step has finished: DEMO_REAL_RESUME=1 skips the steps listed there
 timed() {  # $1 pair, $2 step name, then the command
+  if [ "$RESUME" = 1 ] && awk -F '\t' -v p="$1" -v s="$2" '$1 == p && $2 == s {f = 1}
+       END {exit !f}' "$OUT/times.tsv"; then
+    echo "resume: $1 $2 already done"; return
+  fi
   local t0; t0=$(date +%s)
   "${@:3}"
   printf '%s\t%s\t%s\n' "$1" "$2" "$(( $(date +%s) - t0 ))" >> "$OUT/times.tsv"

@@ -133,6 +133,21 @@ def test_demo_real_script_end_to_end(real_data, tmp_path):
         assert len(done) == 4 + 3 * (len(EPS) + 2) + 1
     assert all(int(s[2]) >= 0 for s in steps)
 
+    # DEMO_REAL_RESUME=1 after a stop during the last attack: the steps times.tsv lists are
+    # skipped (their results untouched), the rest runs, and the table comes out the same
+    last = out / "cifar10_0-4_to_5-9" / "baseline_student"
+    kept = (last / "eval_apgd_eps8.json").stat().st_mtime_ns
+    redone = (last / "eval_autoattack_eps8.json").stat().st_mtime_ns
+    (out / "times.tsv").write_text("".join("\t".join(s) + "\n" for s in steps[:-2]))
+    proc = run_demo(tmp_path, real_data, DEMO_REAL_VALIDATE="1", DEMO_REAL_RESUME="1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resume: cifar10_0-4_to_5-9 baseline_student apgd_eps8 already done" in proc.stdout
+    assert (last / "eval_apgd_eps8.json").stat().st_mtime_ns == kept
+    assert (last / "eval_autoattack_eps8.json").stat().st_mtime_ns != redone
+    again = [line.split("\t")[:2] for line in (out / "times.tsv").read_text().splitlines()]
+    assert again == [s[:2] for s in steps]
+    assert json.loads((out / "results.json").read_text()) == results
+
 
 def test_demo_real_missing_data_says_where_to_put_it(tmp_path):
     (tmp_path / "empty").mkdir()
