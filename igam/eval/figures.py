@@ -90,7 +90,9 @@ def labelled_grid(cells: torch.Tensor, nrow: int, row_labels: Sequence[str],
 def line_chart(x_labels: Sequence[str], series: Mapping[str, Sequence[float | None]],
                title: str = "", x_title: str = "", y_title: str = "accuracy (%)",
                size: tuple[int, int] = (640, 420), y_max: float = 100.0, y_min: float = 0.0,
-               max_x_labels: int | None = None) -> Image.Image:
+               max_x_labels: int | None = None,
+               ranges: Mapping[str, Sequence[tuple[float, float] | None]] | None = None,
+               ) -> Image.Image:
     """Lines over categorical x positions (equally spaced, labelled ``x_labels``).
 
     Args:
@@ -100,6 +102,8 @@ def line_chart(x_labels: Sequence[str], series: Mapping[str, Sequence[float | No
             :data:`PALETTE` colour, named in the legend.
         size: (width, height) of the picture in pixels.
         max_x_labels: label at most about this many x ticks (every k-th; None: all).
+        ranges: name -> one (low, high) per x label or None, drawn as a vertical whisker in
+            the series' colour (e.g. the lowest and highest of repeated runs around their mean).
     Returns:
         RGB image with y ticks every ``(y_max - y_min) / 5``, light horizontal grid lines,
         the x and y axis titles, the title on top and the legend in the upper right corner of
@@ -151,6 +155,13 @@ def line_chart(x_labels: Sequence[str], series: Mapping[str, Sequence[float | No
         label = label.rotate(90, expand=True)
         img.paste(label, (4, int((y0 + y1) / 2 - label.height / 2)))
     dot = 3 if n <= 60 else 1
+    for name, colour in zip(series, PALETTE):           # whiskers under the lines
+        for i, r in enumerate((ranges or {}).get(name) or []):
+            if r is not None:
+                x = px(i) + 2 * dot * (list(series).index(name) - (len(series) - 1) / 2)
+                draw.line([(x, py(r[0])), (x, py(r[1]))], fill=colour, width=1)
+                for v in r:
+                    draw.line([(x - 3, py(v)), (x + 3, py(v))], fill=colour, width=1)
     for ys, colour in zip(series.values(), PALETTE):
         runs: list[list[tuple[float, float]]] = [[]]   # stretches without a gap
         for i, v in enumerate(ys):

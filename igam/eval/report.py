@@ -343,8 +343,9 @@ def _number(value) -> str:
 
 def eps_curves(result: dict) -> Image.Image:
     """Accuracy (%) against PGD-20's eps for every row of a results or summary JSON (a
-    summary's means), one chart per folder (pair) side by side; eps 0 is the clean accuracy,
-    the ``chance`` entry a flat line. Columns ``pgd20_eps<E>`` give the eps values."""
+    summary's means, with a whisker from its lowest to its highest run), one chart per folder
+    (pair) side by side; eps 0 is the clean accuracy, the ``chance`` entry a flat line.
+    Columns ``pgd20_eps<E>`` give the eps values."""
     from PIL import Image
 
     from igam.eval import figures
@@ -358,13 +359,19 @@ def eps_curves(result: dict) -> Image.Image:
                       if c.startswith("pgd20_eps")})
         if not eps:
             raise IGAMError(f"{name or 'the table'} has no pgd20_eps<E> columns to draw")
-        series = {r: [_mean(e.get("clean"))] + [_mean(e.get(f"pgd20_eps{x:g}")) for x in eps]
-                  for r, e in rows.items()}
+        cells = {r: [e.get("clean")] + [e.get(f"pgd20_eps{x:g}") for x in eps]
+                 for r, e in rows.items()}
+        series = {r: [_mean(c) for c in cs] for r, cs in cells.items()}
+        ranges = {r: [(c["min"], c["max"]) if isinstance(c, dict) else None for c in cs]
+                  for r, cs in cells.items()}
+        runs = max((len(c["values"]) for cs in cells.values() for c in cs
+                    if isinstance(c, dict)), default=0)
         if "chance" in group:
             series["chance"] = [_mean(group["chance"])] * (len(eps) + 1)
         charts.append(figures.line_chart(
-            ["0"] + [f"{x:g}" for x in eps], series, title=f"{name} PGD-20 accuracy vs eps",
-            x_title="eps (L-inf, /255; 0 = clean)"))
+            ["0"] + [f"{x:g}" for x in eps], series, title=f"{name} PGD-20 accuracy vs eps"
+            + (f" (mean of {runs} runs, bars: lowest to highest)" if runs else ""),
+            x_title="eps (L-inf, /255; 0 = clean)", ranges=ranges))
     img = Image.new("RGB", (sum(c.width for c in charts), max(c.height for c in charts)),
                     (255, 255, 255))
     x = 0

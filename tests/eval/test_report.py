@@ -199,3 +199,24 @@ def test_transfer_share_of_the_teacher_margin(tmp_path):
     flat["teacher"]["autoattack_eps4"] = 10.0  # teacher below the baseline: no ratio
     assert report.transfer(flat, "teacher", "igam", "base")["margin_recovered"] == {
         "autoattack_eps4": None}
+
+
+def test_eps_curves_of_a_summary_show_the_spread_of_runs(tmp_path):
+    """From a summary, each point carries a bar from the lowest to the highest run: the chart
+    has more of the row's colour than the chart of the means alone, and says so in its title."""
+    import numpy as np
+
+    from igam.eval.figures import PALETTE
+    files = []
+    for i, eps4 in enumerate([30.0, 50.0]):
+        f = tmp_path / f"run{i}.json"
+        f.write_text(json.dumps({"teacher": {"clean": 80.0, "pgd20_eps4": eps4}}))
+        files.append(str(f))
+    summary = tmp_path / "summary.json"
+    report.main(["--summarize", *files, "--out", str(summary)])
+
+    def colour_pixels(img):
+        return int((np.asarray(img) == PALETTE[0]).all(axis=2).sum())
+    with_bars = report.eps_curves(json.loads(summary.read_text()))
+    means = report.eps_curves({"teacher": {"clean": 80.0, "pgd20_eps4": 40.0}})
+    assert colour_pixels(with_bars) > colour_pixels(means) + 20  # a bar of 20 points' height
