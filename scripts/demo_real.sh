@@ -97,17 +97,20 @@ fi
 
 # 2. settings of a pair: $1 = tin (Tiny-ImageNet -> CIFAR-10) or c10 (CIFAR-10 0-4 -> 5-9).
 #    The defaults were chosen on a validation split (docs/results.md, "How the settings were
-#    chosen"; the Tiny-ImageNet pair's not yet); DEMO_REAL_TINY=1
-#    gives the smallest settings that run every step. Each DEMO_REAL_* variable overrides its
-#    setting for both pairs.
+#    chosen"); DEMO_REAL_TINY=1 gives the smallest settings that run every step. Each
+#    DEMO_REAL_* variable overrides its setting for both pairs.
 settings() {
   if [ "${DEMO_REAL_TINY:-0}" = 1 ]; then
-    D_WIDTHS=4,4,8,16; D_SRC=2; D_SRC_BATCH=8; D_FT=2; D_IGAM=2; D_WARM=1; D_NEVAL=20
-    D_AA_N=10; D_APGD_N=10; D_AA_ITER=2; D_AA_Q=10
-  else  # the Tiny-ImageNet pair's are not chosen yet: one try so far (docs/results.md)
-    D_WIDTHS=16,16,32,64; D_SRC=1200; D_FT=300; D_IGAM=600; D_WARM=150
+    D_WIDTHS=4,4,8,16; D_SRC=2; D_SRC_BATCH=8; D_FT=2; D_IGAM=2; D_WARM=1; D_DISC=1
+    D_NEVAL=20; D_AA_N=10; D_APGD_N=10; D_AA_ITER=2; D_AA_Q=10; D_TIN_CLASSES=0
+  else
+    D_WIDTHS=16,16,32,64; D_FT=300; D_IGAM=600; D_WARM=150; D_DISC=5
     D_NEVAL=1000; D_AA_N=100; D_APGD_N=500; D_AA_ITER=0; D_AA_Q=0
-    if [ "$1" = tin ]; then D_SRC_BATCH=32; else D_SRC_BATCH=64; fi  # 64x64 images: 4x cost
+    if [ "$1" = tin ]; then  # 64x64 source images cost 4x per image: a smaller batch
+      D_SRC=1500; D_SRC_BATCH=32; D_TIN_CLASSES=20
+    else
+      D_SRC=1200; D_SRC_BATCH=64; D_TIN_CLASSES=0
+    fi
   fi
   WIDTHS=${DEMO_REAL_WIDTHS:-$D_WIDTHS}          # WideResNet widths of every model, 1 unit/stage
   SRC_STEPS=${DEMO_REAL_SRC_STEPS:-$D_SRC}       # adversarial training steps of the source model
@@ -115,6 +118,7 @@ settings() {
   FT_STEPS=${DEMO_REAL_FT_STEPS:-$D_FT}          # teacher head finetuning steps (batch 64)
   IGAM_STEPS=${DEMO_REAL_IGAM_STEPS:-$D_IGAM}    # student steps, both students (batch 64)
   WARMUP=${DEMO_REAL_WARMUP:-$D_WARM}            # student steps before the IGAM terms start
+  DISC_EVERY=${DEMO_REAL_DISC_EVERY:-$D_DISC}    # student steps per discriminator step
   BETA=${DEMO_REAL_BETA:-0.5}                    # IGAM student's discriminator weight
   GAMMA=${DEMO_REAL_GAMMA:-5}                    # IGAM student's L2 (gradient distance) weight
   NEVAL=${DEMO_REAL_NEVAL:-$D_NEVAL}             # test images of PGD-20 and alignment (0: all)
@@ -122,10 +126,10 @@ settings() {
   APGD_N=${DEMO_REAL_APGD_EXAMPLES:-$D_APGD_N}   # first test images of apgd_eps<E>
   AA_ITER=${DEMO_REAL_AA_ITER:-$D_AA_ITER}       # APGD/FAB iterations (0: standard's 100)
   AA_QUERIES=${DEMO_REAL_AA_QUERIES:-$D_AA_Q}    # Square queries (0: standard's 5000)
+  TIN_CLASSES=${DEMO_REAL_TIN_CLASSES:-$D_TIN_CLASSES}  # first k Tiny-ImageNet classes (0: all 200)
   COMMON=(--device cpu "$START" --seed "$SEED" --log_every 50 --eval.batch_size 100
           --eval.num_examples "$NEVAL")
 }
-TIN_CLASSES=${DEMO_REAL_TIN_CLASSES:-0}        # first k Tiny-ImageNet classes as source (0: all 200)
 # attacks on the target test set, each a result column:
 #   pgd20_eps<E>      PGD-20 (step E/4, random start) at L-inf eps E/255 on the first NEVAL images
 #   apgd_eps<E>       AutoAttack's APGD-CE + APGD-T (standard settings) on the first APGD_N images
@@ -198,7 +202,7 @@ run_pair() {
       --model_dir "$P/$name" --teacher_dir "$P/finetuned_teacher" \
       --student.widths "$WIDTHS" --student.units_per_stage 1 \
       --discriminator.num_conv_layers 3 --discriminator.base_channels 8 \
-      --igam.steps_before_adv_opt "$WARMUP" --igam.disc_update_steps 1 "${W[@]}" \
+      --igam.steps_before_adv_opt "$WARMUP" --igam.disc_update_steps "$DISC_EVERY" "${W[@]}" \
       --train.steps "$IGAM_STEPS" --train.batch_size 64 \
       --train.lr_schedule "$(student_lr "$IGAM_STEPS")" --checkpoint_every 100
   done
