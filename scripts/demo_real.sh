@@ -35,7 +35,7 @@
 #   DEMO_REAL_TINY=1 (a few steps on a few test images: a smoke test, numbers meaningless),
 #   DEMO_REAL_RESUME=1 (continue an interrupted run in the same DEMO_REAL_DIR with the same
 #   settings: the steps times.tsv lists as finished are skipped, an interrupted training run
-#   continues from its last checkpoint, times.tsv is appended to),
+#   continues from its last checkpoint and its time in times.tsv is the resumed part's),
 #   DEMO_REAL_ATTACKS (the result columns, see below),
 #   and the per-step ones below (DEMO_REAL_*).
 set -euo pipefail
