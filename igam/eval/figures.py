@@ -155,10 +155,11 @@ def line_chart(x_labels: Sequence[str], series: Mapping[str, Sequence[float | No
         label = label.rotate(90, expand=True)
         img.paste(label, (4, int((y0 + y1) / 2 - label.height / 2)))
     dot = 3 if n <= 60 else 1
-    for name, colour in zip(series, PALETTE):           # whiskers under the lines
+    for k, (name, colour) in enumerate(zip(series, PALETTE)):  # whiskers under the lines
+        shift = 2 * dot * (k - (len(series) - 1) / 2)  # side by side where series meet
         for i, r in enumerate((ranges or {}).get(name) or []):
             if r is not None:
-                x = px(i) + 2 * dot * (list(series).index(name) - (len(series) - 1) / 2)
+                x = px(i) + shift
                 draw.line([(x, py(r[0])), (x, py(r[1]))], fill=colour, width=1)
                 for v in r:
                     draw.line([(x - 3, py(v)), (x + 3, py(v))], fill=colour, width=1)
