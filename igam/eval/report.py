@@ -343,9 +343,9 @@ def _number(value) -> str:
 
 def eps_curves(result: dict) -> Image.Image:
     """Accuracy (%) against PGD-20's eps for every row of a results or summary JSON (a
-    summary's means, with a whisker from its lowest to its highest run), one chart per folder
-    (pair) side by side; eps 0 is the clean accuracy, the ``chance`` entry a flat line.
-    Columns ``pgd20_eps<E>`` give the eps values."""
+    summary's means, with a whisker from its lowest to its highest run when it has several),
+    one chart per folder (pair) side by side; eps 0 is the clean accuracy, the ``chance`` entry
+    a flat line. Columns ``pgd20_eps<E>`` give the eps values."""
     from PIL import Image
 
     from igam.eval import figures
@@ -368,10 +368,10 @@ def eps_curves(result: dict) -> Image.Image:
                     if isinstance(c, dict)), default=0)
         if "chance" in group:
             series["chance"] = [_mean(group["chance"])] * (len(eps) + 1)
+        note = {0: "", 1: " (1 run)"}.get(runs, f" (mean of {runs} runs, bars: lowest to highest)")
         charts.append(figures.line_chart(
-            ["0"] + [f"{x:g}" for x in eps], series, title=f"{name} PGD-20 accuracy vs eps"
-            + (f" (mean of {runs} runs, bars: lowest to highest)" if runs else ""),
-            x_title="eps (L-inf, /255; 0 = clean)", ranges=ranges))
+            ["0"] + [f"{x:g}" for x in eps], series, title=f"{name} PGD-20 accuracy vs eps" + note,
+            x_title="eps (L-inf, /255; 0 = clean)", ranges=ranges if runs > 1 else None))
     img = Image.new("RGB", (sum(c.width for c in charts), max(c.height for c in charts)),
                     (255, 255, 255))
     x = 0

@@ -211,12 +211,20 @@ def test_eps_curves_of_a_summary_show_the_spread_of_runs(tmp_path):
     for i, eps4 in enumerate([30.0, 50.0]):
         f = tmp_path / f"run{i}.json"
         f.write_text(json.dumps({"teacher": {"clean": 80.0, "pgd20_eps4": eps4}}))
-        files.append(str(f))
+        files.append(f)
     summary = tmp_path / "summary.json"
-    report.main(["--summarize", *files, "--out", str(summary)])
+    report.main(["--summarize", *map(str, files), "--out", str(summary)])
 
     def colour_pixels(img):
         return int((np.asarray(img) == PALETTE[0]).all(axis=2).sum())
     with_bars = report.eps_curves(json.loads(summary.read_text()))
     means = report.eps_curves({"teacher": {"clean": 80.0, "pgd20_eps4": 40.0}})
     assert colour_pixels(with_bars) > colour_pixels(means) + 20  # a bar of 20 points' height
+    # a summary of one run has no spread to show: drawn like that run's own table (two rows,
+    # so that an empty whisker's caps would stick out beside the markers)
+    table = {"teacher": {"clean": 80.0, "pgd20_eps4": 30.0}, "igam": {"clean": 70.0,
+                                                                     "pgd20_eps4": 20.0}}
+    files[0].write_text(json.dumps(table))
+    report.main(["--summarize", str(files[0]), "--out", str(summary)])
+    one = report.eps_curves(json.loads(summary.read_text()))
+    assert colour_pixels(one) == colour_pixels(report.eps_curves(table))
