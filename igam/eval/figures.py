@@ -103,7 +103,8 @@ def line_chart(x_labels: Sequence[str], series: Mapping[str, Sequence[float | No
         size: (width, height) of the picture in pixels.
         max_x_labels: label at most about this many x ticks (every k-th; None: all).
         ranges: name -> one (low, high) per x label or None, drawn as a vertical whisker in
-            the series' colour (e.g. the lowest and highest of repeated runs around their mean).
+            the series' colour (e.g. the lowest and highest of repeated runs around their mean);
+            an empty range (low == high) draws nothing.
     Returns:
         RGB image with y ticks every ``(y_max - y_min) / 5``, light horizontal grid lines,
         the x and y axis titles, the title on top and the legend in the upper right corner of
@@ -158,7 +159,7 @@ def line_chart(x_labels: Sequence[str], series: Mapping[str, Sequence[float | No
     for k, (name, colour) in enumerate(zip(series, PALETTE)):  # whiskers under the lines
         shift = 2 * dot * (k - (len(series) - 1) / 2)  # side by side where series meet
         for i, r in enumerate((ranges or {}).get(name) or []):
-            if r is not None:
+            if r is not None and r[0] != r[1]:
                 x = px(i) + shift
                 draw.line([(x, py(r[0])), (x, py(r[1]))], fill=colour, width=1)
                 for v in r:

@@ -371,7 +371,7 @@ def eps_curves(result: dict) -> Image.Image:
         note = {0: "", 1: " (1 run)"}.get(runs, f" (mean of {runs} runs, bars: lowest to highest)")
         charts.append(figures.line_chart(
             ["0"] + [f"{x:g}" for x in eps], series, title=f"{name} PGD-20 accuracy vs eps" + note,
-            x_title="eps (L-inf, /255; 0 = clean)", ranges=ranges if runs > 1 else None))
+            x_title="eps (L-inf, /255; 0 = clean)", ranges=ranges))
     img = Image.new("RGB", (sum(c.width for c in charts), max(c.height for c in charts)),
                     (255, 255, 255))
     x = 0

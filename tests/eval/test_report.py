@@ -220,8 +220,8 @@ def test_eps_curves_of_a_summary_show_the_spread_of_runs(tmp_path):
     with_bars = report.eps_curves(json.loads(summary.read_text()))
     means = report.eps_curves({"teacher": {"clean": 80.0, "pgd20_eps4": 40.0}})
     assert colour_pixels(with_bars) > colour_pixels(means) + 20  # a bar of 20 points' height
-    # a summary of one run has no spread to show: drawn like that run's own table (two rows,
-    # so that an empty whisker's caps would stick out beside the markers)
+    # a summary of one run has no spread to show (every range is empty): drawn like that run's
+    # own table (two rows, so that an empty whisker's caps would stick out beside the markers)
     table = {"teacher": {"clean": 80.0, "pgd20_eps4": 30.0}, "igam": {"clean": 70.0,
                                                                      "pgd20_eps4": 20.0}}
     files[0].write_text(json.dumps(table))
